@@ -1,0 +1,291 @@
+"""Typed experiment config: defaults live here once, YAML files hold differences, CLI overrides last."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mlic.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    format: Literal["helsinki", "csv", "hf"] = "helsinki"
+    root: str | None = None  # None: the embedded demo dataset, generated on first use
+    val_fraction: float = 0.2
+    seed: int = 0  # fixes the train/val split
+    image_column: str = "image"  # hf only
+    label_column: str = "labels"  # hf only
+    hf_split: str = "train"  # hf only
+    cache: Literal["auto", "on", "off"] = "auto"  # decoded uint8 cache + on-device augmentation
+    cache_dir: str | None = None  # default: ~/.cache/mlic/images
+    cache_size: int = 128  # side of the cached square images (the course corpus is 128x128)
+    image_size: int | None = None  # model input side; None: the model's own (224 for the pretrained ones)
+    num_workers: int = 2
+    demo_images: int = 2000
+    demo_seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    hflip: float = 0.5
+    vflip: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.02
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn"
+    pretrained: bool = True
+    weights: str | None = None  # local weights file (torchvision) or checkpoint folder / hub name (ViT)
+    head_batchnorm: bool = True  # report §4.3
+    dropout: float = 0.5  # report §3.3
+    freeze_backbone: bool = False
+    num_labels: int | None = None  # None: from the data; set, it must agree with the data
+    channels_last: bool = True  # CNNs only
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adam", "adamw"] = "adam"  # report §4.1
+    lr: float = 1e-4
+    weight_decay: float = 0.0  # report §3.2: any decay hurt
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["linear", "cosine", "none"] = "linear"  # report §4.2: LinearLR warm-up
+    start_factor: float = 1 / 3
+    total_iters: int = 10
+    interval: Literal["epoch", "step"] = "epoch"
+
+
+@dataclass
+class LossConfig:
+    pos_weight: Literal["none", "auto"] = "none"  # report §2.1 "weighted loss"
+    pos_weight_clip: float | None = None
+
+
+@dataclass
+class SamplerConfig:
+    name: Literal["none", "balanced"] = "none"  # report §2.1 oversampling
+    class_choice: Literal["random", "cycle", "least_sampled"] = "least_sampled"
+    empty_share: float | None = None  # None: the share of unlabelled images in the data
+    num_samples: int | None = None  # draws per epoch; None: the training split's size
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64  # per process
+    eval_batch_size: int = 256  # per process
+    grad_accum: int = 1
+    clip_grad_norm: float | None = None
+    log_every: int = 50  # steps between loss logs (the only host sync in the loop)
+    compile: bool = False
+    select_metric: str = "val/f1_macro"
+    save_every_steps: int | None = None
+    keep_checkpoints: int = 2
+    seed: int = 0
+    max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
+
+
+@dataclass
+class EvalConfig:
+    threshold: float = 0.5
+    thresholds: Literal["fixed", "per_label"] = "per_label"
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_NONE_WORDS = {"null", "none", "None", "~", ""}
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against a type hint; ints are accepted for floats. Raises ConfigError naming `key`."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        if type(None) in options and isinstance(value, str) and value in _NONE_WORDS:
+            return None
+        raise ConfigError(f"config key '{key}': {value!r} is not a {_type_name(hint)}")
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}': {value!r} is not a list")
+        return [_coerce(v, item_hint, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config key '{key}': {value!r} is not a {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _apply(obj: Any, updates: dict[str, Any], prefix: str, source: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(f"unknown config key '{key}' (in {source}); known: {', '.join(sorted(names))}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{key}' (in {source}) is a section: give a mapping, not {value!r}")
+            _apply(current, value, f"{key}.", source)
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file; a top-level `base: other.yaml` (relative to the file) is read first."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config {path}: 'base' chain loops back to itself")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: top level must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = _read_yaml(path.parent / base, (*seen, path))
+    _deep_merge(merged, data)
+    return merged
+
+
+def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value (e.g. optim.lr=3e-4)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file (with its `base` chain), then `key=value` overrides."""
+    cfg = Config()
+    if path is not None:
+        _apply(cfg, _read_yaml(Path(path)), "", str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        nested: dict[str, Any] = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        _apply(cfg, nested, "", f"override {text!r}")
+    return cfg
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": sys.version.split()[0]}
+    for name in ("mlic", "torch", "torchvision", "accelerate", "transformers", "deepspeed"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def save_resolved(cfg: Config, path: Path, **extra: Any) -> None:
+    """Write the resolved config plus provenance (git commit, library versions, anything in `extra`)."""
+    doc = cfg.to_dict()
+    doc["_provenance"] = {"git_commit": git_commit(), "versions": library_versions(), **extra}
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False))
+
+
+def config_from_dict(doc: dict[str, Any]) -> Config:
+    """Rebuild a Config from a saved config.yaml (provenance ignored)."""
+    cfg = Config()
+    _apply(cfg, {k: v for k, v in doc.items() if not k.startswith("_")}, "", "saved config")
+    return cfg

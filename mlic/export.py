@@ -1,0 +1,53 @@
+"""The exported model (`RUN/model/`): safetensors weights, labels, thresholds, preprocessing and the
+architecture, loadable without pickle and without network access."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mlic.config import ModelConfig
+from mlic.errors import MlicError
+
+WEIGHTS = "model.safetensors"
+META = "config.json"
+
+
+def export_model(state_dict: dict[str, torch.Tensor], out: Path, meta: dict[str, Any]) -> None:
+    """Write to a temporary folder, then swap it in: a reader never sees half a model."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    (tmp / META).write_text(json.dumps(meta, indent=2))
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_exported(model_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model in eval mode and its metadata (label_names, thresholds, preprocess, architecture)."""
+    from mlic.models import build_model
+
+    model_dir = Path(model_dir)
+    if not (model_dir / WEIGHTS).is_file() or not (model_dir / META).is_file():
+        raise MlicError(f"{model_dir}: not an exported model (needs {WEIGHTS} and {META}; a run writes RUN/model/)")
+    meta = json.loads((model_dir / META).read_text())
+    arch = meta["architecture"]
+    cfg = ModelConfig(name=arch["name"], pretrained=False, head_batchnorm=arch["head_batchnorm"], dropout=arch["dropout"])
+    model, _ = build_model(cfg, arch["num_labels"], vit_config=arch.get("vit_config"))
+    state = load_file(str(model_dir / WEIGHTS))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise MlicError(f"{model_dir}: weights do not match architecture {arch['name']}: {str(exc).splitlines()[0]}") from None
+    return model.eval(), meta

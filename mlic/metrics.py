@@ -1,0 +1,91 @@
+"""Multi-label metrics with scikit-learn (report §5), and per-label decision thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    hamming_loss,
+    multilabel_confusion_matrix,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+)
+
+METRIC_KEYS = (
+    "accuracy", "subset_accuracy", "precision_micro", "recall_micro", "f1_micro",
+    "precision_macro", "recall_macro", "f1_macro", "mAP",
+)
+
+
+def _binarize(y_prob: np.ndarray, threshold) -> np.ndarray:
+    return (y_prob >= np.asarray(threshold, dtype=np.float64)).astype(np.int64)
+
+
+def mean_average_precision(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """Macro AP over the labels that have at least one positive (AP is undefined without one)."""
+    has_positive = y_true.sum(0) > 0
+    if not has_positive.any():
+        return float("nan")
+    return float(average_precision_score(y_true[:, has_positive], y_prob[:, has_positive], average="macro"))
+
+
+def compute_metrics(y_true, y_prob, threshold=0.5) -> dict[str, float]:
+    """The SPEC §5 metrics. `accuracy` is element-wise (1 - Hamming loss), as in the report;
+    `subset_accuracy` needs every label of an image right. `threshold`: a float or one per label."""
+    y_true = np.asarray(y_true).astype(np.int64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    y_pred = _binarize(y_prob, threshold)
+    out = {
+        "accuracy": 1.0 - float(hamming_loss(y_true, y_pred)),
+        "subset_accuracy": float(accuracy_score(y_true, y_pred)),
+    }
+    for average in ("micro", "macro"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
+        out.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
+    out["mAP"] = mean_average_precision(y_true, y_prob)
+    return out
+
+
+def per_label_metrics(y_true, y_prob, label_names, threshold=0.5) -> list[dict]:
+    """Precision, recall, F1, AP, support and the 2x2 confusion matrix of each label."""
+    y_true = np.asarray(y_true).astype(np.int64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    y_pred = _binarize(y_prob, threshold)
+    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
+    confusion = multilabel_confusion_matrix(y_true, y_pred)
+    rows = []
+    for c, name in enumerate(label_names):
+        ap = float(average_precision_score(y_true[:, c], y_prob[:, c])) if y_true[:, c].any() else float("nan")
+        rows.append({
+            "label": name, "precision": float(p[c]), "recall": float(r[c]), "f1": float(f[c]), "AP": ap,
+            "support": int(support[c]), "confusion": confusion[c].tolist(),
+        })
+    return rows
+
+
+def tune_thresholds(y_true, y_prob, default: float = 0.5) -> np.ndarray:
+    """Per-label thresholds that maximise each label's F1 on (y_true, y_prob).
+
+    A label's threshold stays at `default` unless another one gives a strictly higher F1 there, so
+    tuned macro-F1 on the tuning data is never below macro-F1 at `default`.
+    """
+    y_true = np.asarray(y_true).astype(np.int64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    thresholds = np.full(y_true.shape[1], default, dtype=np.float64)
+    for c in range(y_true.shape[1]):
+        if not y_true[:, c].any():
+            continue
+        precision, recall, cuts = precision_recall_curve(y_true[:, c], y_prob[:, c])
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)[:-1]
+        base = _f1(y_true[:, c], y_prob[:, c] >= default)
+        best = int(np.argmax(f1))
+        if f1[best] > base + 1e-12:
+            thresholds[c] = float(cuts[best])
+    return thresholds
+
+
+def _f1(y: np.ndarray, pred: np.ndarray) -> float:
+    tp = float((y & pred).sum())
+    denom = float(y.sum() + pred.sum())
+    return 2 * tp / denom if denom else 0.0

@@ -1,0 +1,12 @@
+"""Train densenet161: `accelerate launch train/densenet161.py [--config FILE] [key=value ...]` (or plain `python`).
+
+Without --config it uses configs/densenet161.yaml. Processes, mixed precision and DeepSpeed come from
+`accelerate launch` (see launch/); what to train comes from the config.
+"""
+
+import sys
+
+from mlic.cli import train_main
+
+if __name__ == "__main__":
+    sys.exit(train_main("densenet161"))
