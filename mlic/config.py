@@ -157,6 +157,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise ConfigError(f"config key '{key}': {value!r} is not a {_type_name(hint)}")
     if origin is Literal:
         allowed = typing.get_args(hint)
+        if isinstance(value, bool) and {"on", "off"} <= set(allowed):  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         if value not in allowed:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, allowed))}")
         return value
@@ -174,6 +176,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     elif hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif hint is str:
         if isinstance(value, str):
             return value

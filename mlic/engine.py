@@ -59,15 +59,29 @@ def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
 
 
 def input_dtype(accelerator: Accelerator) -> torch.dtype | None:
-    """DeepSpeed keeps half-precision weights and no autocast: its inputs must match them."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+    """DeepSpeed keeps half-precision weights and no autocast: its inputs must match them. Its precision
+    is set in the DeepSpeed JSON (accelerate refuses `mixed_precision` beside a config file)."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return None
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    for key, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        if ds.get(key, {}).get("enabled") in (True, "true") or accelerator.mixed_precision == key:
+            return dtype
     return None
 
 
-def augment_generator(device: torch.device, seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
-    """Augmentations depend on (seed, epoch, step, rank) only, so a resumed run repeats them exactly."""
-    return torch.Generator(device).manual_seed(hash((seed, epoch, step, rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    return hash((seed, epoch, step, rank)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def seed_step(device: torch.device, seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
+    """All randomness of a step depends on (seed, epoch, step, rank) only, so a run resumed mid-epoch
+    repeats it exactly: the global RNG (dropout) is reseeded, and the augmentations get a generator.
+    (Without the reseed, a DataLoader iterator created after resuming draws its worker seed from the
+    global RNG and shifts every dropout mask that follows.)"""
+    value = step_seed(seed, epoch, step, rank)
+    torch.manual_seed(value)
+    return torch.Generator(device).manual_seed(value ^ 0x5DEECE66D)
 
 
 def _gather_padded(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tensor:
@@ -84,12 +98,14 @@ def train_one_epoch(
     device, cast = accelerator.device, input_dtype(accelerator)
     probs, targets, losses = [], [], []
     seen = 0
+    micro_step = state.step_in_epoch * cfg.train.grad_accum  # batches of this epoch already done
     start = time.perf_counter()
     show = accelerator.is_main_process and cfg.run.progress
     bar = tqdm(loader, desc=f"epoch {state.epoch} train", disable=None if show else True, leave=False,
                initial=state.step_in_epoch)  # disable=None: no bar when stderr is not a terminal
     for images, target, _ in bar:
-        gen = augment_generator(device, cfg.train.seed, state.epoch, state.global_step, accelerator.process_index)
+        gen = seed_step(device, cfg.train.seed, state.epoch, micro_step, accelerator.process_index)
+        micro_step += 1
         x = data.train_transform(images, gen)
         if cast is not None:
             x = x.to(cast)
@@ -114,26 +130,26 @@ def train_one_epoch(
         if trackers and cfg.train.log_every and state.global_step % cfg.train.log_every == 0:
             accelerator.log({"train/loss_step": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, step=state.global_step)
         if cfg.train.save_every_steps and state.global_step % cfg.train.save_every_steps == 0:
-            state.partial = _merge_partial(state.partial, _gather_outputs(accelerator, probs, targets, losses))
+            state.partial = _merge_partial(state.partial, _gather_outputs(accelerator, probs, targets, losses, data.dataset.num_labels))
             probs, targets, losses = [], [], []
             save_fn(state.epoch)
         if cfg.train.max_steps_per_epoch and state.step_in_epoch >= cfg.train.max_steps_per_epoch:
             break
     elapsed = time.perf_counter() - start
-    outputs = _merge_partial(state.partial, _gather_outputs(accelerator, probs, targets, losses))
+    outputs = _merge_partial(state.partial, _gather_outputs(accelerator, probs, targets, losses, data.dataset.num_labels))
     state.partial = {}
     if cfg.schedule.interval == "epoch":
         scheduler.step()
     metrics = compute_metrics(outputs["targets"].numpy(), outputs["probs"].numpy())
     metrics["loss"] = float(outputs["losses"].mean())
+    metrics["images"] = len(outputs["targets"])
     metrics["images_per_s"] = seen * accelerator.num_processes / max(elapsed, 1e-9)
     return metrics
 
 
-def _gather_outputs(accelerator, probs, targets, losses) -> dict[str, torch.Tensor]:
+def _gather_outputs(accelerator, probs, targets, losses, num_labels: int) -> dict[str, torch.Tensor]:
     """One gather per call for the whole epoch (padded rows carry -1 and are dropped)."""
     device = accelerator.device
-    num_labels = probs[0].shape[1] if probs else 0
     p = torch.cat(probs) if probs else torch.empty(0, num_labels, device=device)
     t = torch.cat(targets).to(p.dtype) if targets else torch.empty(0, num_labels, device=device)
     loss = torch.stack(losses).float() if losses else torch.empty(0, device=device)
@@ -176,9 +192,13 @@ def predict(model, loader, transform, accelerator: Accelerator) -> tuple[np.ndar
 def evaluate(model, loader, transform, loss_fn, accelerator, tune_thresholds_: bool = False, default: float = 0.5):
     """Metrics at `default`; with `tune_thresholds_`, also `*_tuned` at per-label thresholds chosen on
     this very split (optimistic there: they are meant for the test set). Returns (metrics, thresholds)."""
-    probs, targets, _ = predict(model, loader, transform, accelerator)
+    start = time.perf_counter()
+    probs, targets, index = predict(model, loader, transform, accelerator)
+    elapsed = time.perf_counter() - start
     logits = torch.logit(torch.from_numpy(probs).double(), eps=1e-7).float()
     metrics = compute_metrics(targets, probs, default)
+    metrics["images"] = len(index)
+    metrics["images_per_s"] = len(index) / max(elapsed, 1e-9)
     weight = getattr(loss_fn, "pos_weight", None)
     metrics["loss"] = float(torch.nn.functional.binary_cross_entropy_with_logits(
         logits, torch.from_numpy(targets), pos_weight=None if weight is None else weight.cpu()))
@@ -257,6 +277,7 @@ def fit(cfg: Config) -> dict[str, dict[str, float]]:
         loader = train_loader
         if state.step_in_epoch:  # resumed mid-epoch: the same order, minus the batches already done
             loader = accelerator.skip_first_batches(train_loader, state.step_in_epoch * cfg.train.grad_accum)
+            loader.set_epoch(epoch)  # a new loader counts epochs from 0: the sampler must see this one
         train_metrics = train_one_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, data, cfg, state,
                                         True, save)
         val_metrics, thresholds = evaluate(model, val_loader, data.eval_transform, loss_fn, accelerator,

@@ -15,14 +15,14 @@ _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 def per_image_transform(size: int, mean, std, aug=None) -> v2.Compose:
     """The torchvision-reference path: PIL image -> normalised float tensor, augmented if `aug`."""
-    steps: list = [v2.ToImage()]
+    steps: list = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]  # float first: as the batched path
     if aug is not None and aug.enabled:
         steps += [
             v2.RandomHorizontalFlip(aug.hflip),
             v2.RandomVerticalFlip(aug.vflip),
             v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue),
         ]
-    steps += [v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    steps += [v2.Resize((size, size), antialias=True), v2.Normalize(mean, std)]
     return v2.Compose(steps)
 
 
@@ -100,12 +100,20 @@ class DeviceTransform(torch.nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        shrink = x.shape[-1] > self.size  # jitter the smaller picture: same distribution, less work
+        if shrink:
+            x = self._resize(x)
         if self.aug is not None:
             x = self._augment(x, generator)
-        if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        if not shrink:
+            x = self._resize(x)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] == (self.size, self.size):
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
 
     def _augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         a, n, dev = self.aug, x.shape[0], x.device

@@ -1,0 +1,47 @@
+"""Shared fixtures. Everything runs offline on a CPU: caches point into a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_caches(tmp_path_factory):
+    home = tmp_path_factory.mktemp("caches")
+    os.environ["MLIC_CACHE"] = str(home / "mlic")
+    os.environ["TORCH_HOME"] = str(home / "torch")
+    os.environ["HF_HOME"] = str(home / "hf")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    yield
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A small demo corpus (300 images) for data and sampler tests."""
+    from mlic.data.demo import write_demo_data
+
+    return write_demo_data(tmp_path_factory.mktemp("demo") / "demo", images=300, seed=0)
+
+
+@pytest.fixture
+def demo_copy(demo_dir, tmp_path) -> Path:
+    """A private copy to damage."""
+    return Path(shutil.copytree(demo_dir, tmp_path / "demo"))
+
+
+def run_cmd(args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command from the repository root with this interpreter's environment."""
+    full_env = {**os.environ, **(env or {})}
+    bin_dir = str(Path(sys.executable).parent)
+    full_env["PATH"] = bin_dir + os.pathsep + full_env.get("PATH", "")
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)

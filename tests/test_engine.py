@@ -1,0 +1,138 @@
+"""The engine on a CPU: a smoke fit of the shipped demo config, the big models one step each, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from mlic.config import load_config
+from mlic.errors import ConfigError
+from mlic.metrics import METRIC_KEYS
+from tests.conftest import REPO
+
+TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=64"]
+SPEC_KEYS = {"epoch", "split", "loss", "images_per_s", *METRIC_KEYS}
+
+
+def _fit(overrides, config="configs/demo.yaml"):
+    from mlic.engine import fit
+
+    return fit(load_config(REPO / config, overrides))
+
+
+def _lines(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_demo_fit_writes_the_run_folder(tmp_path):
+    run = tmp_path / "run"
+    last = _fit([*TINY, "train.epochs=2", f"run.output_dir={run}"])
+    lines = _lines(run)
+    assert [(x["epoch"], x["split"]) for x in lines] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+    for line in lines:
+        assert SPEC_KEYS <= set(line), SPEC_KEYS - set(line)
+    assert lines[-1]["f1_macro"] == pytest.approx(last["val"]["f1_macro"])
+    assert "f1_macro_tuned" in lines[-1] and lines[-1]["f1_macro_tuned"] >= lines[-1]["f1_macro"] - 1e-12
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert lines[1]["images"] == cfg["_provenance"]["val_images"] == 300 - cfg["_provenance"]["train_images"]
+    assert cfg["_provenance"]["world_size"] == 1 and cfg["train"]["epochs"] == 2
+    assert cfg["_provenance"]["label_names"][0] == "baby"
+    steps = cfg["_provenance"]["train_images"] // 16  # drop_last
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        f"epoch0001-step{steps:08d}", f"epoch0002-step{2 * steps:08d}"]
+    meta = json.loads((run / "model" / "config.json").read_text())
+    assert len(meta["thresholds"]) == 14 and meta["preprocess"]["size"] == 64
+    assert load_file(run / "model" / "model.safetensors")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/f1_macro", "val/f1_macro", "val/mAP", "lr", "train/images_per_s"} <= tags
+
+
+def test_demo_recipe_beats_trivial_baselines(tmp_path):
+    """The shipped demo config, as the README runs it: val macro-F1 well above all-negative and all-positive."""
+    run = tmp_path / "run"
+    last = _fit([f"run.output_dir={run}"])
+    from mlic.data.datasets import load_helsinki
+    from mlic.data.demo import demo_root
+    from mlic.metrics import compute_metrics
+
+    y = load_helsinki(demo_root()).targets
+    all_positive = compute_metrics(y, torch.ones(y.shape).numpy())["f1_macro"]
+    assert last["val"]["f1_macro"] > max(all_positive, 0.0) + 0.25, (last["val"]["f1_macro"], all_positive)
+
+
+@pytest.mark.parametrize("name", ["resnet152", "densenet161", "vit"])
+def test_pretrained_models_train_a_step_through_the_engine(tmp_path, name):
+    import torchvision.models as tvm
+    from transformers import ViTConfig, ViTModel
+
+    overrides = [*TINY, "train.batch_size=4", "data.image_size=32", "train.max_steps_per_epoch=1", "train.epochs=1",
+                 f"run.output_dir={tmp_path / 'run'}", "data.cache=off", "eval.thresholds=fixed"]
+    if name == "vit":
+        config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                           image_size=32, patch_size=8)
+        ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+        overrides.append(f"model.weights={tmp_path / 'vit'}")
+    else:
+        file = Path(getattr(tvm, {"resnet152": "ResNet152_Weights", "densenet161": "DenseNet161_Weights"}[name])
+                    .IMAGENET1K_V1.url).name
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.save(getattr(tvm, name)(weights=None).state_dict(), cache / file)
+    last = _fit(overrides, f"configs/{name}.yaml")
+    assert last["train"]["images"] == 4
+    assert last["val"]["images"] == yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["_provenance"]["val_images"]
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
+def test_config_errors_come_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="model.num_labels"):
+        _fit([*TINY, "model.num_labels=5", f"run.output_dir={tmp_path}"])
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def _train_cmd(run: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "train/cnn.py", "--config", "configs/demo.yaml", *TINY, f"run.output_dir={run}",
+            "train.epochs=3", *extra]
+
+
+def _kill_when(run: Path, pattern: str, cmd: list[str]) -> None:
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.time() + 300
+    while not list((run / "checkpoints").glob(pattern)):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("extra", "pattern"), [
+    ([], "epoch0001-*"),  # killed after the first epoch's checkpoint
+    (["train.save_every_steps=4"], "epoch0002-step00000020"),  # 14 steps an epoch: killed mid-epoch 2
+])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, extra, pattern):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_train_cmd(straight, extra), cwd=REPO, check=True, capture_output=True)
+    _kill_when(killed, pattern, _train_cmd(killed, extra))
+    done = subprocess.run(_train_cmd(killed, extra), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stdout
+    a, b = _lines(straight), _lines(killed)
+    assert [(x["epoch"], x["split"]) for x in a] == [(x["epoch"], x["split"]) for x in b]
+    for x, y in zip(a, b):
+        for key in SPEC_KEYS - {"images_per_s", "split"}:
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["epoch"], x["split"], key)
+    wa, wb = load_file(straight / "model" / "model.safetensors"), load_file(killed / "model" / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
