@@ -260,6 +260,8 @@ def fit(cfg: Config) -> dict[str, dict[str, float]]:
                       label_names=data.dataset.label_names, train_images=len(data.train), val_images=len(data.val),
                       cached=data.cached)
     accelerator.init_trackers("tensorboard", config=_flat_hparams(cfg))
+    if accelerator.is_main_process and not (out / "figures").exists():
+        _data_figures(accelerator, out, data, loss_fn)
     resume = latest_checkpoint(out / "checkpoints")
     if resume is not None:
         accelerator.load_state(str(resume))
@@ -313,6 +315,19 @@ def _export(accelerator, model, out: Path, cfg, data, preprocess, thresholds, ep
         state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
         export_model(state_dict, out, meta)
     accelerator.wait_for_everyone()
+
+
+def _data_figures(accelerator, out: Path, data: Data, loss_fn) -> None:
+    """Figures 1-3 of the report, once per run: PNG in RUN/figures and images in TensorBoard."""
+    from mlic.figures import data_figures, save_figures
+    from mlic.losses import pos_weight
+
+    targets = data.train.targets
+    weights = getattr(loss_fn, "pos_weight", None)
+    weights = pos_weight(targets) if weights is None else weights.cpu()
+    order = np.asarray(list(data.sampler))  # epoch 0 of the sampler: the global order, no side effects
+    figures = data_figures(targets, data.dataset.label_names, order, weights.numpy())
+    save_figures(figures, out / "figures", accelerator.get_tracker("tensorboard").writer)
 
 
 def _log_epoch(accelerator, out: Path, epoch: int, cfg: Config, metrics: dict, optimizer) -> None:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from mlic.sampler import MultilabelBalancedSampler
-from tests.conftest import REPO, run_cmd
+from tests.conftest import run_cmd
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=32"]

@@ -51,11 +51,14 @@ def test_demo_fit_writes_the_run_folder(tmp_path):
     meta = json.loads((run / "model" / "config.json").read_text())
     assert len(meta["thresholds"]) == 14 and meta["preprocess"]["size"] == 64
     assert load_file(run / "model" / "model.safetensors")
+    for stem in ("label_distribution", "sampled_label_distribution", "class_weights"):  # Figures 1-3
+        assert (run / "figures" / f"{stem}.png").stat().st_size > 5000
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/f1_macro", "val/f1_macro", "val/mAP", "lr", "train/images_per_s"} <= tags
+    assert "figures/class_weights" in events.Tags()["images"]
 
 
 def test_demo_recipe_beats_trivial_baselines(tmp_path):

@@ -47,7 +47,6 @@ def build_cache(dataset: MultilabelImages, size: int, cache_dir: str | Path, wor
     with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL releases the GIL while decoding
         list(pool.map(fill, range(n)))
     array.flush()
-    del array
     os.replace(tmp, path)
     path.with_suffix(".json").write_text(json.dumps({"source": dataset.source, "images": n, "size": size}))
     return path

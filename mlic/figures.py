@@ -1,0 +1,49 @@
+"""The report's data figures (Figures 1-3): label distribution, the distribution one epoch of the
+balanced sampler draws, and the class weights of the weighted loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def bar_figure(values: Sequence[float], names: Sequence[str], title: str, ylabel: str):
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    ax.bar(range(len(names)), values, color="#3b6ea8")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def data_figures(targets: np.ndarray, names: Sequence[str], sampled_order: np.ndarray, pos_weight) -> dict:
+    """{file stem: figure} for Figures 1-3. `sampled_order` is one epoch of the training sampler."""
+    return {
+        "label_distribution": bar_figure(targets.sum(0), names, "Figure 1: label distribution (training split)",
+                                         "images with the label"),
+        "sampled_label_distribution": bar_figure(targets[sampled_order].sum(0), names,
+                                                 "Figure 2: label distribution in one sampled epoch", "draws with the label"),
+        "class_weights": bar_figure(np.asarray(pos_weight), names, "Figure 3: class weights (pos_weight)",
+                                    "negatives / positives"),
+    }
+
+
+def save_figures(figures: dict, out_dir: Path, writer=None, step: int = 0) -> list[Path]:
+    """PNG files in `out_dir` and, with a TensorBoard `writer`, images under `figures/`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, fig in figures.items():
+        path = out_dir / f"{stem}.png"
+        fig.savefig(path)
+        if writer is not None:
+            writer.add_figure(f"figures/{stem}", fig, global_step=step, close=False)
+        plt.close(fig)
+        paths.append(path)
+    return paths
