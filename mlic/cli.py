@@ -39,6 +39,14 @@ def _demo_data(args) -> int:
     return 0
 
 
+def _mosaic_data(args) -> int:
+    from mlic.data.mosaic import write_mosaics
+
+    out = write_mosaics(args.dir, args.images, "test" if args.test else "train", args.seed, labelled=not args.test)
+    print(f"wrote {args.images} Fashion-MNIST mosaics to {out}")
+    return 0
+
+
 def _check_data(args) -> int:
     from mlic.data.check import check_data
 
@@ -54,6 +62,27 @@ def _train(args) -> int:
     return train_main(args.model, ([*(["--config", args.config] if args.config else [])] + args.overrides))
 
 
+def _predict(args) -> int:
+    from mlic.inference import predict_command
+
+    return predict_command(args.model_dir, args.images, args.out, args.probs, args.allow_bad, args.batch_size,
+                           args.workers)
+
+
+def _evaluate(args) -> int:
+    from mlic.inference import evaluate_command
+
+    return evaluate_command(args.model_dir, args.data_root, args.split, args.json, args.format)
+
+
+def _analyze(args) -> int:
+    from mlic.analyze import analyze
+
+    for path in analyze(Path(args.run_dir), args.data, args.examples):
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlic", description="Multi-label image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo_data)
+
+    p = sub.add_parser("mosaic-data", help="multi-label mosaics of real Fashion-MNIST photos (Debian's dataset-fashion-mnist)")
+    p.add_argument("dir")
+    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test", action="store_true", help="a test folder: t10k tiles, no annotations")
+    p.set_defaults(func=_mosaic_data)
 
     p = sub.add_parser("check-data", help="validate a dataset without training; exit 1 on any problem")
     p.add_argument("root")
@@ -76,6 +112,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("predict", help="write the course's results file (and probabilities) for a folder of images")
+    p.add_argument("model_dir", help="an exported model, e.g. runs/vit/model")
+    p.add_argument("images", help="a folder of images (or a ROOT holding images/)")
+    p.add_argument("--out", default="results.txt", help="0/1 rows, one per image in image-number order")
+    p.add_argument("--probs", help="CSV: file name and one probability column per label")
+    p.add_argument("--allow-bad", action="store_true", help="write all-zero rows for unreadable images")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("evaluate", help="metrics of an exported model on a labelled dataset")
+    p.add_argument("model_dir")
+    p.add_argument("data_root", nargs="?", help="default: the data the model was trained on")
+    p.add_argument("--split", choices=["val", "all"], default="val",
+                   help="val: the run's validation split (same fraction and seed); all: every image")
+    p.add_argument("--format", choices=["helsinki", "csv", "hf"])
+    p.add_argument("--json", help="write the summary and per-label figures here")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("analyze", help="figures of a run: data, confusion matrices, errors, PR curves, curves")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="data root (default: the run's)")
+    p.add_argument("--examples", type=int, default=8, help="misclassified examples per label and kind")
+    p.set_defaults(func=_analyze)
 
     args = parser.parse_args(argv)
     try:

@@ -24,7 +24,7 @@ from mlic.config import Config, save_resolved
 from mlic.data.pipeline import Data, build_data, load_split
 from mlic.export import export_model
 from mlic.losses import build_loss
-from mlic.metrics import compute_metrics, tune_thresholds
+from mlic.metrics import compute_metrics, heldout_tuned_f1_macro, tune_thresholds
 from mlic.models import architecture, build_model, is_cnn
 
 
@@ -207,6 +207,7 @@ def evaluate(model, loader, transform, loss_fn, accelerator, tune_thresholds_: b
         thresholds = tune_thresholds(targets, probs, default)
         tuned = compute_metrics(targets, probs, thresholds)
         metrics.update({f"{k}_tuned": v for k, v in tuned.items() if k != "mAP"})
+        metrics["f1_macro_tuned_heldout"] = heldout_tuned_f1_macro(targets, probs, default)
     return metrics, thresholds
 
 
@@ -311,6 +312,8 @@ def _export(accelerator, model, out: Path, cfg, data, preprocess, thresholds, ep
             "preprocess": {**preprocess.to_dict(), "size": cfg.data.image_size or preprocess.size},
             "epoch": epoch,
             "val_metrics": val_metrics,
+            "cached": data.cached,
+            "config": cfg.to_dict(),
         }
         state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
         export_model(state_dict, out, meta)

@@ -43,7 +43,7 @@ def save_figures(figures: dict, out_dir: Path, writer=None, step: int = 0) -> li
         path = out_dir / f"{stem}.png"
         fig.savefig(path)
         if writer is not None:
-            writer.add_figure(f"figures/{stem}", fig, global_step=step, close=False)
+            writer.add_figure(f"{out_dir.name}/{stem}", fig, global_step=step, close=False)
         plt.close(fig)
         paths.append(path)
     return paths

@@ -28,7 +28,7 @@ def _decode(dataset: MultilabelImages, i: int, size: int) -> np.ndarray:
     img = dataset.read_base(i)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def build_cache(dataset: MultilabelImages, size: int, cache_dir: str | Path, workers: int = 4) -> Path:

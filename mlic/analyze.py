@@ -1,0 +1,116 @@
+"""`mlic analyze RUN_DIR`: the report's figures for a finished run, as PNG and in TensorBoard.
+
+Figures 1-3 (data), per-label confusion matrices (Figure 7), misclassified validation images per label,
+false positives and false negatives apart (Figures 8-11), precision-recall curves, training curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+from sklearn.metrics import multilabel_confusion_matrix, precision_recall_curve
+
+from mlic.figures import data_figures, plt, save_figures
+
+
+def confusion_figure(targets, probs, thresholds, names):
+    matrices = multilabel_confusion_matrix(targets.astype(int), (probs >= thresholds).astype(int))
+    cols = 5
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.8 * rows), dpi=90)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name, m in zip(axes.flat, names, matrices):
+        ax.imshow(m, cmap="Blues")
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, str(v), ha="center", va="center", color="black" if v < m.max() / 2 else "white")
+        ax.set_title(name)
+        ax.set_xticks([0, 1], ["pred 0", "pred 1"])
+        ax.set_yticks([0, 1], ["true 0", "true 1"])
+    fig.suptitle("Figure 7: confusion matrix per label (validation split, tuned thresholds)")
+    fig.tight_layout()
+    return fig
+
+
+def errors_figure(dataset, targets, probs, threshold: float, c: int, name: str, k: int):
+    """The most confident mistakes for one label: false positives on top, false negatives below."""
+    y, p = targets[:, c], probs[:, c]
+    fp = [i for i in np.argsort(-p) if y[i] == 0 and p[i] >= threshold][:k]
+    fn = [i for i in np.argsort(p) if y[i] == 1 and p[i] < threshold][:k]
+    fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 3.8), dpi=90, squeeze=False)
+    for row, (kind, picks) in enumerate((("false positive", fp), ("false negative", fn))):
+        for col in range(k):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col < len(picks):
+                i = picks[col]
+                ax.imshow(dataset.read(int(i)))
+                ax.set_title(f"{dataset.names[i]}\np={p[i]:.2f}", fontsize=7)
+        axes[row][0].text(-0.1, 0.5, kind, transform=axes[row][0].transAxes, rotation=90, va="center", ha="right")
+    fig.suptitle(f"Misclassified '{name}' (threshold {threshold:.2f}): {len(fp)} FP and {len(fn)} FN shown")
+    fig.tight_layout()
+    return fig
+
+
+def pr_figure(targets, probs, names):
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=90)
+    for c, name in enumerate(names):
+        if targets[:, c].any():
+            precision, recall, _ = precision_recall_curve(targets[:, c], probs[:, c])
+            ax.plot(recall, precision, label=name)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("Precision-recall per label (validation split)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(lines: list[dict]):
+    keys = ("loss", "f1_micro", "f1_macro", "mAP")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), dpi=90)
+    for ax, key in zip(axes, keys):
+        for split in ("train", "val"):
+            points = [(x["epoch"], x[key]) for x in lines if x["split"] == split and key in x]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=split)
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def analyze(run_dir: Path, data_root: str | None = None, examples: int = 8) -> list[Path]:
+    """Write every figure to RUN/analysis/ (and RUN/tensorboard); returns the PNG paths."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from mlic.config import config_from_dict
+    from mlic.data.pipeline import build_sampler, load_split
+    from mlic.inference import evaluate_model
+    from mlic.losses import pos_weight
+
+    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    if data_root is not None:
+        cfg.data.root = data_root
+    dataset, train_idx, _ = load_split(cfg)
+    train = dataset.subset(train_idx)
+    order = np.asarray(list(build_sampler(cfg, train)))
+    figures = data_figures(train.targets, dataset.label_names, order, pos_weight(train.targets, cfg.loss.pos_weight_clip))
+    _, _, probs, targets, val = evaluate_model(str(run_dir / "model"), cfg.data.root, "val")
+    meta = json.loads((run_dir / "model" / "config.json").read_text())
+    thresholds = np.asarray(meta["thresholds"])
+    names = meta["label_names"]
+    figures["confusion_matrices"] = confusion_figure(targets, probs, thresholds, names)
+    figures["pr_curves"] = pr_figure(targets, probs, names)
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    figures["training_curves"] = curves_figure(lines)
+    for c, name in enumerate(names):
+        figures[f"errors_{name}"] = errors_figure(val, targets, probs, thresholds[c], c, name, examples)
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    try:
+        return save_figures(figures, run_dir / "analysis", writer, step=int(meta["epoch"]))
+    finally:
+        writer.close()

@@ -1,0 +1,167 @@
+"""After training: `mlic predict` (the course's results file) and `mlic evaluate` (metrics of §5 with
+per-label figures), both from an exported model folder and through the training's eval preprocessing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mlic.config import Config, config_from_dict
+from mlic.data.cache import _decode
+from mlic.data.check import image_problem
+from mlic.data.datasets import IMAGE_SUFFIXES, MultilabelImages, image_number, load_dataset, open_rgb
+from mlic.data.pipeline import load_split
+from mlic.data.transforms import DeviceTransform, per_image_transform
+from mlic.errors import MlicError
+from mlic.export import load_exported
+from mlic.metrics import compute_metrics, per_label_metrics
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """Decode as the training cache does (uint8, square `size`): evaluation sees what training saw."""
+
+    def __init__(self, dataset: MultilabelImages, size: int):
+        self.dataset, self.size = dataset, size
+        self.targets = torch.from_numpy(dataset.targets.astype(np.float32)) if dataset.num_labels else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        image = torch.from_numpy(_decode(self.dataset, int(self.dataset.indices[i]), self.size))
+        target = self.targets[i] if self.targets is not None else torch.zeros(0)
+        return image, target, i
+
+
+def _eval_inputs(dataset: MultilabelImages, cfg: Config, meta: dict, batch_size: int, workers: int):
+    """(loader, transform) reproducing the run's evaluation preprocessing."""
+    pre = meta["preprocess"]
+    cached = meta.get("cached", True)
+    if cached:
+        data = DecodedImages(dataset, cfg.data.cache_size)
+        transform = DeviceTransform(pre["size"], pre["mean"], pre["std"])
+    else:
+        data = dataset.subset(np.arange(len(dataset)), per_image_transform(pre["size"], pre["mean"], pre["std"]))
+        transform = DeviceTransform(pre["size"], (0, 0, 0), (1, 1, 1))  # already normalised: identity
+    return DataLoader(data, batch_size=batch_size, num_workers=workers), transform
+
+
+def folder_images(folder: Path) -> MultilabelImages:
+    """A folder of images to predict (or ROOT with images/): image-number order for im{N}.jpg names."""
+    if (folder / "images").is_dir():
+        folder = folder / "images"
+    if not folder.is_dir():
+        raise MlicError(f"{folder}: folder not found")
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise MlicError(f"{folder}: no images")
+    files.sort(key=lambda p: (image_number(p.name) is None, image_number(p.name) or 0, p.name))
+    return MultilabelImages([], np.zeros((len(files), 0), np.uint8), [p.name for p in files],
+                            lambda i: open_rgb(files[i]), str(folder), "predict")
+
+
+def infer(model, loader, transform) -> np.ndarray:
+    """Probabilities in dataset order, on 1 process or under `accelerate launch` (each rank a share;
+    mixed precision as launched), through the engine's gather-once `predict`."""
+    from accelerate import Accelerator
+
+    from mlic.engine import predict
+
+    accelerator = Accelerator()
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    loader = accelerator.prepare_data_loader(loader)
+    probs, _, index = predict(model, loader, transform.to(accelerator.device), accelerator)
+    if len(index) != len(loader.dataset):
+        raise MlicError(f"inference covered {len(index)} of {len(loader.dataset)} images")
+    return probs
+
+
+def predict_command(model_dir: str, images: str, out: str | None, probs_path: str | None, allow_bad: bool,
+                    batch_size: int, workers: int) -> int:
+    model, meta = load_exported(model_dir)
+    cfg = config_from_dict(meta["config"])
+    dataset = folder_images(Path(images))
+    files = [Path(dataset.source) / n for n in dataset.names]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        problems = {i: p for i, p in enumerate(pool.map(image_problem, files)) if p}
+    for problem in problems.values():
+        print(problem, file=sys.stderr)
+    if problems and not allow_bad:
+        print(f"error: {len(problems)} unreadable image(s); nothing written (--allow-bad writes all-zero rows "
+              "for them)", file=sys.stderr)
+        return 1
+    good = np.array([i for i in range(len(dataset)) if i not in problems], dtype=np.int64)
+    loader, transform = _eval_inputs(dataset.subset(good), cfg, meta, batch_size, workers)
+    probs = np.zeros((len(dataset), len(meta["label_names"])), dtype=np.float32)
+    if len(good):
+        probs[good] = infer(model, loader, transform)
+    from accelerate.state import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
+    thresholds = np.asarray(meta["thresholds"], dtype=np.float64)
+    predicted = (probs >= thresholds).astype(int)
+    predicted[list(problems)] = 0
+    if out:
+        Path(out).write_text("".join(" ".join(map(str, row)) + "\n" for row in predicted))
+    if probs_path:
+        with open(probs_path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["file", *meta["label_names"]])
+            for name, row in zip(dataset.names, probs):
+                writer.writerow([name, *(f"{p:.6f}" for p in row)])
+    print(f"{len(dataset)} images, {len(problems)} unreadable; labels: {' '.join(meta['label_names'])}", file=sys.stderr)
+    return 0
+
+
+def evaluate_model(model_dir: str, data_root: str | None, split: str = "val", batch_size: int = 256, workers: int = 2,
+                   fmt: str | None = None):
+    """Metrics of the exported model on a dataset: (summary dict, per-label rows, probs, targets, dataset).
+
+    `split="val"` re-derives the run's validation split (same fraction and seed), so the figures match
+    the run's own `val` line; `all` scores every image."""
+    model, meta = load_exported(model_dir)
+    cfg = config_from_dict(meta["config"])
+    if data_root is not None:
+        cfg.data.root = data_root
+    if fmt is not None:
+        cfg.data.format = fmt
+    if split == "val":
+        dataset, _, val_idx = load_split(cfg)
+        dataset = dataset.subset(val_idx)
+    else:
+        dataset = load_dataset(cfg.data)
+    if dataset.label_names != meta["label_names"]:
+        raise MlicError(f"{cfg.data.root}: labels {dataset.label_names} differ from the model's {meta['label_names']}")
+    loader, transform = _eval_inputs(dataset, cfg, meta, batch_size, workers)
+    probs = infer(model, loader, transform)
+    targets = dataset.targets
+    summary = compute_metrics(targets, probs)
+    tuned = compute_metrics(targets, probs, np.asarray(meta["thresholds"]))
+    summary.update({f"{k}_tuned": v for k, v in tuned.items() if k != "mAP"})
+    summary["images"] = len(dataset)
+    rows = per_label_metrics(targets, probs, meta["label_names"], np.asarray(meta["thresholds"]))
+    return summary, rows, probs, targets, dataset
+
+
+def evaluate_command(model_dir: str, data_root: str | None, split: str, json_out: str | None, fmt: str | None) -> int:
+    from accelerate.state import PartialState
+
+    summary, rows, *_ = evaluate_model(model_dir, data_root, split, fmt=fmt)
+    if not PartialState().is_main_process:
+        return 0
+    print(f"{'label':10s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'AP':>6s} {'support':>7s}  (tuned thresholds)")
+    for r in rows:
+        print(f"{r['label']:10s} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f} {r['AP']:6.3f} {r['support']:7d}")
+    print("  ".join(f"{k} {summary[k]:.4f}" for k in ("accuracy", "f1_micro", "f1_macro", "mAP", "f1_macro_tuned")))
+    if json_out:
+        Path(json_out).write_text(json.dumps({"summary": summary, "per_label": rows}, indent=2))
+    return 0
