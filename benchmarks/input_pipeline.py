@@ -125,6 +125,14 @@ def main() -> None:
     start = time.perf_counter()
     path = build_cache(ds, 128, tmp / "cache", workers=cores)
     print(f"    cache built in {time.perf_counter() - start:.1f} s ({path.stat().st_size / 2**20:.0f} MiB)")
+    # Memory first, while no process but the ranks maps the cache (this one would share its pages).
+    one, two = memory(path, 1), memory(path, 2)
+    print(f"memory of the cache mapping ({path.stat().st_size / 2**20:.0f} MiB file), summed over ranks: "
+          f"1 rank PSS {one['cache_Pss']:.0f} MiB, 2 ranks PSS {two['cache_Pss']:.0f} MiB: "
+          f"2/1 = {two['cache_Pss'] / one['cache_Pss']:.2f}x (RSS counts shared pages twice: "
+          f"{one['cache_Rss']:.0f} vs {two['cache_Rss']:.0f} MiB)")
+    print(f"memory of the whole processes (Python + torch each): 1 rank PSS {one['Pss']:.0f} MiB, "
+          f"2 ranks {two['Pss']:.0f} MiB: 2/1 = {two['Pss'] / one['Pss']:.2f}x")
     cached = CachedImages(ds, path)
     loader_b = DataLoader(cached, batch_size=args.batch, shuffle=True, num_workers=0, collate_fn=collate_batch)
     torch.set_num_threads(1)
@@ -152,13 +160,6 @@ def main() -> None:
         draws = sampler_rate(y, policy, args.repeats)
         print(f"sampler {policy:13s}: {draws / 1e6:6.2f} M draws/s ({y.shape[1]} classes)")
 
-    one, two = memory(path, 1), memory(path, 2)
-    print(f"memory of the cache mapping ({path.stat().st_size / 2**20:.0f} MiB file), summed over ranks: "
-          f"1 rank PSS {one['cache_Pss']:.0f} MiB, 2 ranks PSS {two['cache_Pss']:.0f} MiB: "
-          f"2/1 = {two['cache_Pss'] / one['cache_Pss']:.2f}x (RSS counts shared pages twice: "
-          f"{one['cache_Rss']:.0f} vs {two['cache_Rss']:.0f} MiB)")
-    print(f"memory of the whole processes (Python + torch each): 1 rank PSS {one['Pss']:.0f} MiB, "
-          f"2 ranks {two['Pss']:.0f} MiB: 2/1 = {two['Pss'] / one['Pss']:.2f}x")
     print(f"ratio: {b / a_core:.1f}")
 
 

@@ -18,6 +18,8 @@ def train_main(model: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help=f"experiment YAML (default: configs/{model}.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-4 train.epochs=2")
     args = parser.parse_args(argv)
+    from mlic.preemption import StopRequested
+
     try:
         from mlic.config import load_config
 
@@ -25,6 +27,8 @@ def train_main(model: str, argv: list[str] | None = None) -> int:
         from mlic.engine import fit
 
         fit(cfg)
+    except StopRequested:
+        return 0  # checkpoint written; rerunning the same command resumes
     except MlicError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -83,6 +87,12 @@ def _analyze(args) -> int:
     return 0
 
 
+def _tables(args) -> int:
+    from mlic.tables import tables_command
+
+    return tables_command(args.table, args.scale, args.dry_run, args.collect, args.overrides, args.runs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlic", description="Multi-label image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="data root (default: the run's)")
     p.add_argument("--examples", type=int, default=8, help="misclassified examples per label and kind")
     p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("tables", help="run or submit the grid of one report table, and print it in the report's layout")
+    p.add_argument("table", help="1-6, or ablations")
+    p.add_argument("--scale", choices=["demo", "full"], default="full",
+                   help="demo: tiny runs on the demo data (CPU, minutes); full: the real recipes (sbatch if present)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their exact commands")
+    p.add_argument("--collect", action="store_true", help="only read the run folders and print the table")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every run (repeatable), e.g. --set train.epochs=1")
+    p.add_argument("--runs", default="runs", help="folder of the run folders (relative to the repository)")
+    p.set_defaults(func=_tables)
 
     args = parser.parse_args(argv)
     try:

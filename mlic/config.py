@@ -103,6 +103,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
+    stop_check_every: int = 10  # steps between checks for a stop request (SIGTERM/SIGUSR1/stop file)
 
 
 @dataclass

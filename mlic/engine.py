@@ -19,13 +19,15 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from mlic.checkpoint import TrainingState, latest_checkpoint, save_checkpoint
+from mlic.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from mlic.config import Config, save_resolved
 from mlic.data.pipeline import Data, build_data, load_split
+from mlic.errors import ConfigError
 from mlic.export import export_model
 from mlic.losses import build_loss
-from mlic.metrics import compute_metrics, heldout_tuned_f1_macro, tune_thresholds
+from mlic.metrics import METRIC_KEYS, compute_metrics, heldout_tuned_f1_macro, tune_thresholds
 from mlic.models import architecture, build_model, is_cnn
+from mlic.preemption import StopRequested, StopSignal
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -90,7 +92,7 @@ def _gather_padded(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tens
 
 def train_one_epoch(
     model, loader, optimizer, scheduler, loss_fn, accelerator: Accelerator, data: Data, cfg: Config,
-    state: TrainingState, trackers: bool, save_fn,
+    state: TrainingState, save_fn, stop: StopSignal | None = None,
 ) -> dict[str, float]:
     """One pass over the (sampled) training set. Outputs stay on the device until the epoch ends:
     the only host syncs are the loss logs every `train.log_every` steps and mid-epoch checkpoints."""
@@ -127,12 +129,16 @@ def train_one_epoch(
         state.global_step += 1
         if cfg.schedule.interval == "step":
             scheduler.step()
-        if trackers and cfg.train.log_every and state.global_step % cfg.train.log_every == 0:
+        if cfg.train.log_every and state.global_step % cfg.train.log_every == 0:
             accelerator.log({"train/loss_step": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, step=state.global_step)
-        if cfg.train.save_every_steps and state.global_step % cfg.train.save_every_steps == 0:
+        stopping = (stop is not None and state.global_step % cfg.train.stop_check_every == 0
+                    and stop.requested(accelerator))
+        if stopping or (cfg.train.save_every_steps and state.global_step % cfg.train.save_every_steps == 0):
             state.partial = _merge_partial(state.partial, _gather_outputs(accelerator, probs, targets, losses, data.dataset.num_labels))
             probs, targets, losses = [], [], []
-            save_fn(state.epoch)
+            save_fn()
+            if stopping:
+                raise StopRequested(f"epoch {state.epoch}, step {state.step_in_epoch} of it")
         if cfg.train.max_steps_per_epoch and state.step_in_epoch >= cfg.train.max_steps_per_epoch:
             break
     elapsed = time.perf_counter() - start
@@ -226,8 +232,17 @@ def _trim_metrics(path: Path, last_epoch: int) -> None:
         path.write_text("".join(ln + "\n" for ln in lines))
 
 
+def check_select_metric(name: str) -> None:
+    split, _, key = name.partition("/")
+    known = {*METRIC_KEYS, "loss"} | {f"{k}_tuned" for k in METRIC_KEYS if k != "mAP"}
+    if split not in ("train", "val") or key not in known:
+        raise ConfigError(f"config key 'train.select_metric': {name!r} is not a metric; use train/ or val/ with one "
+                          f"of {', '.join(sorted(known))}")
+
+
 def fit(cfg: Config) -> dict[str, dict[str, float]]:
     """Train per `cfg`; returns the last epoch's {"train": ..., "val": ...} metrics."""
+    check_select_metric(cfg.train.select_metric)
     accelerator = make_accelerator(cfg)
     out = Path(cfg.run.output_dir)
     set_seed(cfg.train.seed)
@@ -252,7 +267,7 @@ def fit(cfg: Config) -> dict[str, dict[str, float]]:
     data.train_transform.to(accelerator.device)
     data.eval_transform.to(accelerator.device)
     state = TrainingState()
-    accelerator.register_for_checkpointing(data.sampler, state)
+    identity = {"model": cfg.model.name, "label_names": data.dataset.label_names}
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -265,38 +280,47 @@ def fit(cfg: Config) -> dict[str, dict[str, float]]:
         _data_figures(accelerator, out, data, loss_fn)
     resume = latest_checkpoint(out / "checkpoints")
     if resume is not None:
-        accelerator.load_state(str(resume))
+        load_checkpoint(accelerator, resume, state, data.sampler, identity)
         say(f"resumed from {resume} (epoch {state.epoch}, step {state.step_in_epoch} of it)")
         if accelerator.is_main_process:
             _trim_metrics(out / "metrics.jsonl", state.epoch - 1)
 
-    def save(epoch: int) -> None:
-        save_checkpoint(accelerator, out / "checkpoints", epoch, state.global_step, cfg.train.keep_checkpoints)
+    def save() -> None:
+        save_checkpoint(accelerator, out / "checkpoints", state, data.sampler, identity, cfg.train.keep_checkpoints)
 
     last: dict[str, dict[str, float]] = {}
-    while state.epoch <= cfg.train.epochs:
-        epoch = state.epoch
-        train_loader.set_epoch(epoch)
-        loader = train_loader
-        if state.step_in_epoch:  # resumed mid-epoch: the same order, minus the batches already done
-            loader = accelerator.skip_first_batches(train_loader, state.step_in_epoch * cfg.train.grad_accum)
-            loader.set_epoch(epoch)  # a new loader counts epochs from 0: the sampler must see this one
-        train_metrics = train_one_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, data, cfg, state,
-                                        True, save)
-        val_metrics, thresholds = evaluate(model, val_loader, data.eval_transform, loss_fn, accelerator,
-                                           cfg.eval.thresholds == "per_label", cfg.eval.threshold)
-        last = {"train": train_metrics, "val": val_metrics}
-        _log_epoch(accelerator, out, epoch, cfg, last, optimizer)
-        score = {**{f"train/{k}": v for k, v in train_metrics.items()}, **{f"val/{k}": v for k, v in val_metrics.items()}}
-        if cfg.train.select_metric not in score:
-            raise KeyError(f"train.select_metric {cfg.train.select_metric!r} is not a metric; try val/f1_macro")
-        improved = state.best is None or score[cfg.train.select_metric] > state.best
-        if improved:
-            state.best = score[cfg.train.select_metric]
-            _export(accelerator, model, out / "model", cfg, data, preprocess, thresholds, epoch, val_metrics, num_labels)
-        state.epoch += 1
-        state.step_in_epoch = 0
-        save(epoch)
+    stop = StopSignal()
+    try:
+        while state.epoch <= cfg.train.epochs:
+            epoch = state.epoch
+            train_loader.set_epoch(epoch)
+            loader = train_loader
+            if state.step_in_epoch:  # resumed mid-epoch: the same order, minus the batches already done
+                loader = accelerator.skip_first_batches(train_loader, state.step_in_epoch * cfg.train.grad_accum)
+                loader.set_epoch(epoch)  # a new loader counts epochs from 0: the sampler must see this one
+            train_metrics = train_one_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, data, cfg, state,
+                                            save, stop)
+            val_metrics, thresholds = evaluate(model, val_loader, data.eval_transform, loss_fn, accelerator,
+                                               cfg.eval.thresholds == "per_label", cfg.eval.threshold)
+            last = {"train": train_metrics, "val": val_metrics}
+            _log_epoch(accelerator, out, epoch, cfg, last, optimizer)
+            score = {**{f"train/{k}": v for k, v in train_metrics.items()}, **{f"val/{k}": v for k, v in val_metrics.items()}}
+            value = score[cfg.train.select_metric] * (-1 if cfg.train.select_metric.endswith("loss") else 1)
+            if state.best is None or value > state.best:  # `best` is stored as higher-is-better
+                state.best = value
+                _export(accelerator, model, out / "model", cfg, data, preprocess, thresholds, epoch, val_metrics, num_labels)
+            state.epoch += 1
+            state.step_in_epoch = 0
+            save()
+            if state.epoch <= cfg.train.epochs and stop.requested(accelerator):
+                raise StopRequested(f"the end of epoch {epoch}")
+    except StopRequested as exc:
+        accelerator.print(f"stopped at {exc}: checkpoint saved in {out / 'checkpoints'}; "
+                          "run the same command again to resume")
+        accelerator.end_training()
+        raise
+    finally:
+        stop.restore()
     accelerator.end_training()
     return last
 

@@ -113,7 +113,8 @@ class ViTClassifier(nn.Module):
         self.head = Head(backbone.config.hidden_size, num_labels, batchnorm, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(pixel_values=x).last_hidden_state[:, 0])
+        other_size = x.shape[-1] != self.backbone.config.image_size  # e.g. small demo images
+        return self.head(self.backbone(pixel_values=x, interpolate_pos_encoding=other_size).last_hidden_state[:, 0])
 
 
 def _hf_from(loader: Callable, source: str, online: bool, **kwargs):

@@ -1,0 +1,48 @@
+"""Stop cleanly when asked: SIGTERM or SIGUSR1 to a training process, or a stop file (SLURM's batch
+script creates it when SLURM signals preemption or the time limit; see slurm/common.sh).
+
+Ranks must agree on the step at which they stop (they save a checkpoint together), so the request is
+combined across ranks every `train.stop_check_every` steps: one tiny all-reduce, never per step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import torch
+
+
+class StopRequested(Exception):
+    """Raised after the stop checkpoint is written; the entry point exits 0 and a rerun resumes."""
+
+
+class StopSignal:
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self, stop_file: str | None = None):
+        self.stop_file = stop_file if stop_file is not None else os.environ.get("MLIC_STOP_FILE")
+        self.received: str | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def local(self) -> bool:
+        return self.received is not None or bool(self.stop_file and os.path.exists(self.stop_file))
+
+    def requested(self, accelerator) -> bool:
+        """True on every rank as soon as any rank was asked to stop (a collective: call it on all ranks)."""
+        if accelerator.num_processes == 1:
+            return self.local()
+        flag = torch.tensor([1.0 if self.local() else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}

@@ -1,0 +1,164 @@
+"""`mlic tables N`: the experiment grid of the report's Table N, run (or submitted) and rendered in the
+report's layout, each cell "ours (report)"."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlic.errors import MlicError
+
+REPO = Path(__file__).resolve().parent.parent
+ROWS_FULL = [("Accuracy", "accuracy"), ("Loss", "loss"), ("Micro F1 score", "f1_micro"),
+             ("Micro Precision", "precision_micro"), ("Micro Recall", "recall_micro"), ("Macro F1 score", "f1_macro"),
+             ("Macro Precision", "precision_macro"), ("Macro Recall", "recall_macro")]
+# Tiny settings for `--scale demo`: the demo corpus, small images, no downloads, two epochs.
+DEMO_OVERRIDES = ["data.root=null", "data.demo_images=400", "data.image_size=32", "data.num_workers=0",
+                  "model.pretrained=false", "train.epochs=2", "train.batch_size=16", "train.eval_batch_size=64",
+                  "run.progress=false"]
+
+
+@dataclass
+class Table:
+    key: str  # folder under configs/tables
+    title: str
+    columns: dict[str, str]  # column label -> run name (configs/tables/<key>/<run>.yaml)
+    rows: list[tuple[str, str]]  # (row label, metric key)
+    splits: tuple[str, ...] = ("train", "val")
+    report: dict[tuple[str, str, str], float | str] = field(default_factory=dict)  # (row, split, column)
+
+
+def _grid(rows, splits, columns, values):
+    """values: one list per row, in (split, column) order."""
+    return {(r, s, c): v for (r, _), vs in zip(rows, values)
+            for (s, c), v in zip([(s, c) for s in splits for c in columns], vs)}
+
+
+TABLES: dict[str, Table] = {}
+_t1_rows = [("Accuracy", "accuracy"), ("Loss", "loss")]
+TABLES["1"] = Table("table1", "Table 1: the CNN with and without data augmentation",
+                    {"Primary": "primary", "Transformed": "transformed"}, _t1_rows,
+                    report=_grid(_t1_rows, ("train", "val"), ("Primary", "Transformed"),
+                                 [[0.92, 0.93, 0.92, 0.93], [0.2, 0.18, 0.18, 0.19]]))
+TABLES["2"] = Table("table2", "Table 2: the CNN on the validation set",
+                    {"Unbalanced": "unbalanced", "Balanced": "balanced", "Weighted": "weighted"}, ROWS_FULL, ("val",),
+                    report=_grid(ROWS_FULL, ("val",), ("Unbalanced", "Balanced", "Weighted"), [
+                        [0.93, 0.92, 0.94], [0.18, 0.19, 0.29], [0.19, 0.07, 0.69], [0.68, 0.72, 0.55],
+                        [0.11, 0.03, 0.91], [0.04, 0.01, 0.49], [0.13, 0.07, 0.42], [0.03, 0.009, 0.65]]))
+_t3_rows = [("F1 (micro)", "f1_micro"), ("F1 (macro)", "f1_macro")]
+TABLES["3"] = Table("table3", "Table 3: ResNet152 vs DenseNet161", {"RN152": "resnet152", "DN161": "densenet161"},
+                    _t3_rows, report=_grid(_t3_rows, ("train", "val"), ("RN152", "DN161"),
+                                           [[0.67, 0.60, 0.72, 0.65], [0.42, 0.35, 0.44, 0.39]]))
+TABLES["4"] = Table("table4", "Table 4: ResNet152, U - unbalanced, B - balanced", {"U": "unbalanced", "B": "balanced"},
+                    ROWS_FULL, report=_grid(ROWS_FULL, ("train", "val"), ("U", "B"), [
+                        [0.95, 0.96, 0.96, 0.96], [0.12, 0.11, 0.09, 0.1], [0.64, 0.67, 0.71, 0.71],
+                        [0.75, 0.77, 0.82, 0.8], [0.57, 0.61, 0.64, 0.65], [0.38, 0.42, 0.43, 0.44],
+                        [0.45, 0.39, 0.49, 0.5], [0.36, 0.48, 0.4, 0.42]]))
+TABLES["5"] = Table("table5", "Table 5: ViT, U - unbalanced, B - balanced, W - weighted",
+                    {"U": "unbalanced", "B": "balanced", "W": "weighted"}, ROWS_FULL,
+                    report=_grid(ROWS_FULL, ("train", "val"), ("U", "B", "W"), [
+                        [0.98, 0.98, 0.94, 0.97, 0.97, 0.95], [0.06, 0.06, 0.2, 0.07, 0.07, 0.33],
+                        [0.84, 0.83, 0.72, 0.82, 0.82, 0.74], [0.86, 0.86, 0.59, 0.83, 0.85, 0.63],
+                        [0.82, 0.82, 0.94, 0.81, 0.79, 0.92], [0.54, 0.55, 0.52, 0.53, 0.54, 0.53],
+                        [0.57, 0.57, 0.45, 0.55, 0.58, 0.47], [0.54, 0.55, 0.68, 0.53, 0.54, 0.67]]))
+_t6_rows = [("Accuracy", "accuracy"), ("Loss", "loss"), ("Micro F1 score", "f1_micro"), ("Macro F1 score", "f1_macro")]
+TABLES["6"] = Table("table6", "Table 6: the final ViT, balanced and weighted", {"ViT": "final"}, _t6_rows,
+                    report=_grid(_t6_rows, ("train", "val"), ("ViT",), [[0.96, 0.96], [0.16, 0.55], [0.79, 0.75],
+                                                                        [0.66, 0.65]]))
+_ab_cols = {"baseline": "baseline", "wd 1e-4": "weight_decay_1e-4", "wd 1e-3": "weight_decay_1e-3",
+            "no dropout": "no_dropout", "no head BN": "no_head_batchnorm", "cosine": "cosine", "no schedule": "no_schedule"}
+TABLES["ablations"] = Table("ablations", "Ablations of §3-§4 on ResNet152 (the report gives no figures, only effects)",
+                            _ab_cols, [("Micro F1 score", "f1_micro"), ("Macro F1 score", "f1_macro")], ("val",),
+                            report={("Macro F1 score", "val", "wd 1e-4"): "worse", ("Macro F1 score", "val", "wd 1e-3"): "worse",
+                                    ("Micro F1 score", "val", "no dropout"): "-1 %", ("Macro F1 score", "val", "no dropout"): "-2 %",
+                                    ("Macro F1 score", "val", "no head BN"): "~half",
+                                    ("Micro F1 score", "val", "cosine"): "worse", ("Macro F1 score", "val", "cosine"): "worse",
+                                    ("Macro F1 score", "val", "no schedule"): "-2 %"})
+
+
+def get_table(number: str) -> Table:
+    key = str(number).removeprefix("table")
+    if key not in TABLES:
+        raise MlicError(f"no table {number!r}; the report has tables 1-6, and `ablations`")
+    return TABLES[key]
+
+
+def run_dir(table: Table, run: str, scale: str, runs: str | Path = "runs") -> Path:
+    return Path(runs) / ("tables-demo" if scale == "demo" else "tables") / table.key / run
+
+
+def train_script(config: Path) -> str:
+    from mlic.config import load_config
+
+    name = load_config(config).model.name
+    return {"resnet50": "resnet152", "densenet121": "densenet161"}.get(name, name)
+
+
+def commands(table: Table, scale: str, extra: list[str], runs: str | Path = "runs") -> list[list[str]]:
+    """One command per run, in column order."""
+    out = []
+    for run in table.columns.values():
+        config = Path("configs/tables") / table.key / f"{run}.yaml"
+        script = f"train/{train_script(REPO / config)}.py"
+        overrides = [*(DEMO_OVERRIDES if scale == "demo" else []), f"run.output_dir={run_dir(table, run, scale, runs)}", *extra]
+        launcher = [sys.executable] if scale == "demo" else ["accelerate", "launch"]
+        out.append([*launcher, script, "--config", str(config), *overrides])
+    return out
+
+
+def collect(table: Table, scale: str, runs: str | Path = "runs") -> str:
+    """The markdown table; every number comes from a run folder (the exported, best epoch)."""
+    header_cols = [(s, c) for s in table.splits for c in table.columns]
+    split_name = {"train": "Training", "val": "Validation"}
+    lines = [f"**{table.title}** (cells: ours (report))", "",
+             "| Metric | " + " | ".join(f"{split_name[s]}: {c}" for s, c in header_cols) + " |",
+             "|---" * (len(header_cols) + 1) + "|"]
+    metrics = {}
+    for column, run in table.columns.items():
+        folder = REPO / run_dir(table, run, scale, runs)  # relative to the repository, as the runs were
+        meta_path, lines_path = folder / "model" / "config.json", folder / "metrics.jsonl"
+        if not meta_path.is_file() or not lines_path.is_file():
+            raise MlicError(f"{folder}: no finished run (run `mlic tables {table.key.removeprefix('table')} --scale {scale}` first)")
+        epoch = json.loads(meta_path.read_text())["epoch"]
+        for line in map(json.loads, lines_path.read_text().splitlines()):
+            if line["epoch"] == epoch:
+                metrics[(line["split"], column)] = line
+    for label, key in table.rows:
+        cells = []
+        for split, column in header_cols:
+            ours = metrics[(split, column)][key]
+            theirs = table.report.get((label, split, column))
+            theirs = "" if theirs is None else f" ({theirs})"
+            cells.append(f"{ours:.2f}{theirs}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tables_command(number: str, scale: str, dry_run: bool, collect_only: bool, extra: list[str],
+                   runs: str = "runs") -> int:
+    table = get_table(number)
+    cmds = commands(table, scale, extra, runs)
+    if dry_run:
+        print(f"# {table.title}: {len(cmds)} runs ({scale} scale)")
+        for cmd in cmds:
+            print(shlex.join(cmd))
+        if scale == "full":
+            print(f"# or on SLURM: sbatch --array=0-{len(cmds) - 1} slurm/tables.sh {table.key.removeprefix('table')}")
+        return 0
+    if not collect_only:
+        if scale == "full" and shutil.which("sbatch"):
+            cmd = ["sbatch", f"--array=0-{len(cmds) - 1}", "slurm/tables.sh", table.key.removeprefix("table"), *extra]
+            print(shlex.join(cmd))
+            return subprocess.run(cmd, cwd=REPO).returncode
+        for cmd in cmds:
+            print(shlex.join(cmd), flush=True)
+            done = subprocess.run(cmd, cwd=REPO)
+            if done.returncode != 0:
+                raise MlicError(f"run failed ({done.returncode}): {shlex.join(cmd)}")
+    print(collect(table, scale, runs))
+    return 0

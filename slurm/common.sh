@@ -1,0 +1,64 @@
+# shellcheck shell=bash
+# Sourced by every slurm/*.sh: environment, rendezvous, preemption, and the launch itself.
+#
+# Knobs (environment): MLIC_VENV (default: <repo>/.venv), GPUS_PER_NODE (default: SLURM's count),
+# ACCELERATE_CONFIG (default: launch/multi_gpu.yaml), MAIN_PORT (default: from the job id).
+
+set -euo pipefail
+
+REPO=${MLIC_REPO:-${SLURM_SUBMIT_DIR:-$(pwd)}}
+cd "$REPO"
+mkdir -p logs
+if [ -f "${MLIC_VENV:-$REPO/.venv}/bin/activate" ]; then
+  # shellcheck disable=SC1091
+  . "${MLIC_VENV:-$REPO/.venv}/bin/activate"
+fi
+
+NNODES=${SLURM_NNODES:-1}
+GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-1}}}
+GPUS_PER_NODE=${GPUS_PER_NODE##*:}  # "gpu:4" -> 4
+NUM_PROCESSES=$((NNODES * GPUS_PER_NODE))
+MAIN_IP=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)
+MAIN_PORT=${MAIN_PORT:-$((29500 + ${SLURM_JOB_ID:-0} % 1000))}
+ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-launch/multi_gpu.yaml}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-8}}
+
+# Preemption: SLURM sends USR1 to this shell (--signal=B:USR1@120) before the time limit or a
+# preemption. We create the stop file; every rank sees it at its next check, they save a checkpoint
+# together and exit 0; then this script requeues the job, which resumes from that checkpoint.
+export MLIC_STOP_FILE=${MLIC_STOP_FILE:-$REPO/logs/.stop-${SLURM_JOB_ID:-local}}
+rm -f "$MLIC_STOP_FILE"
+on_signal() {
+  echo "mlic: $1 received at $(date), asking the run to checkpoint and stop"
+  touch "$MLIC_STOP_FILE"
+}
+trap 'on_signal USR1' USR1
+trap 'on_signal TERM' TERM
+
+# mlic_launch SCRIPT [key=value ...]: one `accelerate launch` per node; the node rank is escaped so
+# that it expands on each node, inside srun, not here.
+mlic_launch() {
+  local script=$1
+  shift
+  local args line
+  printf -v args '%q ' "$script" "$@"
+  line="accelerate launch --config_file $(printf '%q' "$ACCELERATE_CONFIG") --num_processes $NUM_PROCESSES"
+  line+=" --num_machines $NNODES --machine_rank \$SLURM_NODEID --rdzv_backend c10d"
+  line+=" --main_process_ip $MAIN_IP --main_process_port $MAIN_PORT $args"
+  echo "mlic: $line"
+  # In the background so that the trap runs as soon as the signal comes (bash defers traps while it
+  # waits for a foreground child); wait again after a trap, until the run has saved and exited.
+  srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c "$line" &
+  local pid=$! status=0
+  while true; do
+    wait "$pid" && status=0 || status=$?
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  if [ -f "$MLIC_STOP_FILE" ]; then
+    rm -f "$MLIC_STOP_FILE"
+    echo "mlic: requeueing job ${SLURM_JOB_ID:-?} to resume from its checkpoint"
+    scontrol requeue "${SLURM_JOB_ID}"
+    return 0
+  fi
+  return "$status"
+}
