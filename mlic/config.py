@@ -31,6 +31,8 @@ class DataConfig:
     cache_size: int = 128  # side of the cached square images (the course corpus is 128x128)
     image_size: int | None = None  # model input side; None: the model's own (224 for the pretrained ones)
     num_workers: int = 2
+    labels: list[str] | None = None  # expected label names: the data must have exactly these
+    skip_bad: bool = False  # drop unreadable images (counted in metrics.jsonl) instead of stopping
     demo_images: int = 2000
     demo_seed: int = 0
 
@@ -103,6 +105,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
+    skip_nonfinite: bool = False  # skip steps with a non-finite loss/gradient (one host sync per step)
     stop_check_every: int = 10  # steps between checks for a stop request (SIGTERM/SIGUSR1/stop file)
 
 

@@ -19,11 +19,12 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from mlic import faults
 from mlic.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from mlic.config import Config, save_resolved
 from mlic.data.pipeline import Data, build_data, load_split
-from mlic.errors import ConfigError
-from mlic.export import export_model
+from mlic.errors import ConfigError, MlicError
+from mlic.export import export_model, recover_export
 from mlic.losses import build_loss
 from mlic.metrics import METRIC_KEYS, compute_metrics, heldout_tuned_f1_macro, tune_thresholds
 from mlic.models import architecture, build_model, is_cnn
@@ -99,6 +100,7 @@ def train_one_epoch(
     model.train()
     device, cast = accelerator.device, input_dtype(accelerator)
     probs, targets, losses = [], [], []
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, on the device
     seen = 0
     micro_step = state.step_in_epoch * cfg.train.grad_accum  # batches of this epoch already done
     start = time.perf_counter()
@@ -114,26 +116,39 @@ def train_one_epoch(
         with accelerator.accumulate(model):
             logits = model(x).float()
             loss = loss_fn(logits, target)
+            if faults.hit("nan"):
+                loss = loss * float("nan")
             accelerator.backward(loss)
+            finite = torch.isfinite(loss.detach())
             if accelerator.sync_gradients and cfg.train.clip_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
-            optimizer.step()
+                finite &= torch.isfinite(accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm))
+            skip = cfg.train.skip_nonfinite and _any_rank(accelerator, ~finite)  # one host sync per step
+            if skip:
+                state.skipped_steps += 1
+            else:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        probs.append(torch.sigmoid(logits.detach()))
-        targets.append(target)
-        losses.append(loss.detach())
         seen += len(target)
+        if not cfg.train.skip_nonfinite:
+            first_bad = torch.where((first_bad < 0) & ~finite, state.global_step + 1, first_bad)
+        if not (cfg.train.skip_nonfinite and skip):  # a skipped step's outputs stay out of the metrics
+            probs.append(torch.sigmoid(logits.detach()))
+            targets.append(target)
+            losses.append(loss.detach())
         if not accelerator.sync_gradients:
             continue
         state.step_in_epoch += 1
         state.global_step += 1
         if cfg.schedule.interval == "step":
             scheduler.step()
+        faults.kill_point("step")
         if cfg.train.log_every and state.global_step % cfg.train.log_every == 0:
+            _check_finite(accelerator, first_bad, state)
             accelerator.log({"train/loss_step": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, step=state.global_step)
         stopping = (stop is not None and state.global_step % cfg.train.stop_check_every == 0
                     and stop.requested(accelerator))
         if stopping or (cfg.train.save_every_steps and state.global_step % cfg.train.save_every_steps == 0):
+            _check_finite(accelerator, first_bad, state)  # never checkpoint a diverged model
             state.partial = _merge_partial(state.partial, _gather_outputs(accelerator, probs, targets, losses, data.dataset.num_labels))
             probs, targets, losses = [], [], []
             save_fn()
@@ -142,6 +157,7 @@ def train_one_epoch(
         if cfg.train.max_steps_per_epoch and state.step_in_epoch >= cfg.train.max_steps_per_epoch:
             break
     elapsed = time.perf_counter() - start
+    _check_finite(accelerator, first_bad, state)
     outputs = _merge_partial(state.partial, _gather_outputs(accelerator, probs, targets, losses, data.dataset.num_labels))
     state.partial = {}
     if cfg.schedule.interval == "epoch":
@@ -149,8 +165,27 @@ def train_one_epoch(
     metrics = compute_metrics(outputs["targets"].numpy(), outputs["probs"].numpy())
     metrics["loss"] = float(outputs["losses"].mean())
     metrics["images"] = len(outputs["targets"])
+    metrics["skipped_steps"] = state.skipped_steps
+    metrics["skipped_images"] = data.skipped_images
     metrics["images_per_s"] = seen * accelerator.num_processes / max(elapsed, 1e-9)
     return metrics
+
+
+class NonFiniteError(MlicError):
+    pass
+
+
+def _any_rank(accelerator, flag: torch.Tensor) -> bool:
+    flag = flag.float().reshape(1)
+    return bool((accelerator.reduce(flag, reduction="sum") if accelerator.num_processes > 1 else flag).item() > 0)
+
+
+def _check_finite(accelerator, first_bad: torch.Tensor, state: TrainingState) -> None:
+    """Called where the loop syncs anyway (loss logs, checkpoints, epoch end): all ranks agree."""
+    bad = accelerator.gather(first_bad.reshape(1)) if accelerator.num_processes > 1 else first_bad.reshape(1)
+    bad = bad[bad >= 0]
+    if bad.numel():
+        raise NonFiniteError(f"non-finite loss or gradient norm at step {int(bad.min())} (epoch {state.epoch})")
 
 
 def _gather_outputs(accelerator, probs, targets, losses, num_labels: int) -> dict[str, torch.Tensor]:
@@ -184,6 +219,7 @@ def predict(model, loader, transform, accelerator: Accelerator) -> tuple[np.ndar
         if cast is not None:
             x = x.to(cast)
         logits_all.append(model(x).float())
+        faults.kill_point("eval")
         targets_all.append(target.float())
         index_all.append(index.to(accelerator.device))
     logits = _gather_padded(accelerator, torch.cat(logits_all)).cpu()
@@ -271,6 +307,7 @@ def fit(cfg: Config) -> dict[str, dict[str, float]]:
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+        recover_export(out / "model")
         save_resolved(cfg, out / "config.yaml", world_size=accelerator.num_processes,
                       mixed_precision=accelerator.mixed_precision, distributed_type=str(accelerator.distributed_type),
                       label_names=data.dataset.label_names, train_images=len(data.train), val_images=len(data.val),
@@ -314,6 +351,10 @@ def fit(cfg: Config) -> dict[str, dict[str, float]]:
             save()
             if state.epoch <= cfg.train.epochs and stop.requested(accelerator):
                 raise StopRequested(f"the end of epoch {epoch}")
+    except NonFiniteError as exc:
+        last = latest_checkpoint(out / "checkpoints")
+        raise MlicError(f"{exc}; last good checkpoint: {last or 'none yet'}. Lower optim.lr, set "
+                        "train.clip_grad_norm, or skip such steps with train.skip_nonfinite=true") from None
     except StopRequested as exc:
         accelerator.print(f"stopped at {exc}: checkpoint saved in {out / 'checkpoints'}; "
                           "run the same command again to resume")
@@ -368,6 +409,7 @@ def _log_epoch(accelerator, out: Path, epoch: int, cfg: Config, metrics: dict, o
     with (out / "metrics.jsonl").open("a") as fh:
         for split, values in metrics.items():
             fh.write(json.dumps({"epoch": epoch, "split": split, **values}) + "\n")
+    faults.kill_point("metrics")  # lines written, checkpoint not yet: the resume trims them
     t, v = metrics["train"], metrics["val"]
     accelerator.print(
         f"epoch {epoch}/{cfg.train.epochs}  train loss {t['loss']:.4f} f1_macro {t['f1_macro']:.3f}  |  "

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from mlic import faults
 from mlic.config import ModelConfig
 from mlic.errors import MlicError
 
@@ -30,8 +31,21 @@ def export_model(state_dict: dict[str, torch.Tensor], out: Path, meta: dict[str,
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
         out.rename(old)
+    faults.kill_point("export")  # a kill here leaves model.old and model.tmp: recover_export mends it
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_export(out: Path) -> None:
+    """After a kill in the middle of `export_model`: put the complete copy back in place."""
+    old, tmp = out.with_name(out.name + ".old"), out.with_name(out.name + ".tmp")
+    if not out.exists():
+        for candidate in (tmp, old):  # tmp is newer; it is complete once the .old swap has begun
+            if (candidate / WEIGHTS).is_file() and (candidate / META).is_file() and (candidate != tmp or old.exists()):
+                candidate.rename(out)
+                break
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_exported(model_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -1,11 +1,6 @@
 """The engine on a CPU: a smoke fit of the shipped demo config, the big models one step each, resume."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -102,40 +97,3 @@ def test_config_errors_come_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="model.num_labels"):
         _fit([*TINY, "model.num_labels=5", f"run.output_dir={tmp_path}"])
     assert not (tmp_path / "metrics.jsonl").exists()
-
-
-def _train_cmd(run: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "train/cnn.py", "--config", "configs/demo.yaml", *TINY, f"run.output_dir={run}",
-            "train.epochs=3", *extra]
-
-
-def _kill_when(run: Path, pattern: str, cmd: list[str]) -> None:
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
-    deadline = time.time() + 300
-    while not list((run / "checkpoints").glob(pattern)):
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("extra", "pattern"), [
-    ([], "epoch0001-*"),  # killed after the first epoch's checkpoint
-    (["train.save_every_steps=4"], "epoch0002-step00000020"),  # 14 steps an epoch: killed mid-epoch 2
-])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, extra, pattern):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_train_cmd(straight, extra), cwd=REPO, check=True, capture_output=True)
-    _kill_when(killed, pattern, _train_cmd(killed, extra))
-    done = subprocess.run(_train_cmd(killed, extra), cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "resumed from" in done.stdout
-    a, b = _lines(straight), _lines(killed)
-    assert [(x["epoch"], x["split"]) for x in a] == [(x["epoch"], x["split"]) for x in b]
-    for x, y in zip(a, b):
-        for key in SPEC_KEYS - {"images_per_s", "split"}:
-            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["epoch"], x["split"], key)
-    wa, wb = load_file(straight / "model" / "model.safetensors"), load_file(killed / "model" / "model.safetensors")
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)

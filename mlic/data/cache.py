@@ -31,8 +31,10 @@ def _decode(dataset: MultilabelImages, i: int, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def build_cache(dataset: MultilabelImages, size: int, cache_dir: str | Path, workers: int = 4) -> Path:
-    """Decode every image of the full dataset (not only this subset) once; reuse the file afterwards."""
+def build_cache(dataset: MultilabelImages, size: int, cache_dir: str | Path, workers: int = 4,
+                skip: set[int] = frozenset()) -> Path:
+    """Decode every image of the full dataset (not only this subset) once; reuse the file afterwards.
+    Rows in `skip` (unreadable images left out of training) stay zero and are never served."""
     path = cache_path(dataset, size, cache_dir)
     if path.exists():
         return path
@@ -42,7 +44,8 @@ def build_cache(dataset: MultilabelImages, size: int, cache_dir: str | Path, wor
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
 
     def fill(i: int) -> None:
-        array[i] = _decode(dataset, i, size)
+        if i not in skip:
+            array[i] = _decode(dataset, i, size)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL releases the GIL while decoding
         list(pool.map(fill, range(n)))

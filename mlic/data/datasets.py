@@ -54,6 +54,7 @@ class MultilabelImages(torch.utils.data.Dataset):
         self.fingerprint = fingerprint  # changes when the source changes: keys the decoded cache
         self.indices = np.arange(len(names)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.transform = transform
+        self.skipped: list[int] = []  # rows left out as unreadable (data.skip_bad)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -30,6 +30,7 @@ class Data:
     train_transform: torch.nn.Module
     eval_transform: torch.nn.Module
     cached: bool
+    skipped_images: int = 0
 
 
 class PassThrough(torch.nn.Module):
@@ -49,15 +50,40 @@ def use_cache(cfg_data, num_images: int) -> bool:
     return cfg_data.cache == "on"
 
 
+def unreadable_images(dataset: MultilabelImages, workers: int = 4) -> list[int]:
+    """Rows (of the full dataset) whose image cannot be decoded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def bad(i: int) -> bool:
+        try:
+            dataset.read_base(i)
+        except DataError:
+            return True
+        return False
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return [i for i, b in enumerate(pool.map(bad, range(len(dataset.all_names)))) if b]
+
+
 def load_split(cfg) -> tuple[MultilabelImages, np.ndarray, np.ndarray]:
+    """The labelled dataset (without unreadable images when `data.skip_bad`) and its train/val split."""
     dataset = load_dataset(cfg.data)
     if dataset.num_labels == 0:
         raise DataError(f"{dataset.source}: no labels (a folder without annotations/ is a test set: use `mlic predict`)")
+    if cfg.data.labels is not None and list(cfg.data.labels) != dataset.label_names:
+        missing = sorted(set(cfg.data.labels) - set(dataset.label_names))
+        extra = sorted(set(dataset.label_names) - set(cfg.data.labels))
+        raise ConfigError(f"config key 'data.labels' does not match {dataset.source}: missing from the data "
+                          f"{missing or 'none'}, not in the config {extra or 'none'}")
     if cfg.model.num_labels is not None and cfg.model.num_labels != dataset.num_labels:
         raise ConfigError(
             f"config key 'model.num_labels' is {cfg.model.num_labels} but the data has {dataset.num_labels} labels "
             f"({', '.join(dataset.label_names)}); remove the key or fix the data"
         )
+    if cfg.data.skip_bad:
+        bad = set(unreadable_images(dataset, max(2, cfg.data.num_workers)))
+        dataset = dataset.subset(np.array([i for i in range(len(dataset)) if i not in bad], dtype=np.int64))
+        dataset.skipped = sorted(bad)
     train_idx, val_idx = stratified_split(dataset.targets, cfg.data.val_fraction, cfg.data.seed)
     return dataset, train_idx, val_idx
 
@@ -85,7 +111,8 @@ def build_data(cfg, accelerator, split, preprocess, channels_last: bool) -> Data
     if cached:
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_home() / "images"
         with accelerator.local_main_process_first():
-            path = build_cache(dataset, cfg.data.cache_size, cache_dir, workers=max(2, cfg.data.num_workers))
+            path = build_cache(dataset, cfg.data.cache_size, cache_dir, workers=max(2, cfg.data.num_workers),
+                               skip=set(dataset.skipped))
         train, val = dataset.subset(train_idx), dataset.subset(val_idx)
         train_set, val_set = CachedImages(train, path), CachedImages(val, path)
         common["collate_fn"] = collate_batch
@@ -104,4 +131,5 @@ def build_data(cfg, accelerator, split, preprocess, channels_last: bool) -> Data
     sampler = build_sampler(cfg, train)
     train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True, **common)
     val_loader = DataLoader(val_set, batch_size=cfg.train.eval_batch_size, shuffle=False, **common)
-    return Data(dataset, train, val, train_loader, val_loader, sampler, train_transform, eval_transform, cached)
+    return Data(dataset, train, val, train_loader, val_loader, sampler, train_transform, eval_transform, cached,
+                len(dataset.skipped))

@@ -1,0 +1,223 @@
+"""Reliability: kills anywhere, clean stops, non-finite steps, bad data, bad configs, fuzzed inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from mlic.config import load_config
+from mlic.errors import ConfigError, DataError, MlicError
+from tests.conftest import REPO
+
+TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=64", "train.epochs=3",
+        "train.save_every_steps=5", "run.progress=false"]
+COMPARED = ("loss", "accuracy", "subset_accuracy", "f1_micro", "f1_macro", "precision_macro", "recall_macro", "mAP")
+
+
+def _cmd(run: Path, extra=()):
+    return [sys.executable, "train/cnn.py", "--config", "configs/demo.yaml", *TINY, f"run.output_dir={run}", *extra]
+
+
+def _lines(run: Path):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_result(a: Path, b: Path):
+    la, lb = _lines(a), _lines(b)
+    assert [(x["epoch"], x["split"]) for x in la] == [(x["epoch"], x["split"]) for x in lb]
+    for x, y in zip(la, lb):
+        for key in COMPARED:
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["epoch"], x["split"], key)
+    wa, wb = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight") / "run"
+    subprocess.run(_cmd(run), cwd=REPO, check=True, capture_output=True)
+    return run
+
+
+# Each restart dies at the next point: during a step, an evaluation, between the metrics lines and the
+# checkpoint, inside a checkpoint write (after save_state, before the rename) and inside a model export.
+# Counts are per process: a restart resumes from the newest complete checkpoint and dies at its point.
+KILL_POINTS = ["step:3", "checkpoint:1", "eval:1", "metrics:1", "export:1", "checkpoint:1", "step:4", "eval:2",
+               "metrics:1", "export:1", "checkpoint:2", "step:5", "eval:1"]
+
+
+@pytest.mark.slow
+def test_killed_at_thirteen_points_the_run_still_ends_as_an_uninterrupted_one(straight, tmp_path):
+    run = tmp_path / "run"
+    killed = 0
+    for point in KILL_POINTS:
+        done = subprocess.run(_cmd(run), cwd=REPO, capture_output=True, text=True, env={**os.environ, "MLIC_FAULT": point})
+        if done.returncode == -signal.SIGKILL:
+            killed += 1
+        else:
+            assert done.returncode == 0, done.stderr[-2000:]
+        assert not list((run / "checkpoints").glob("epoch*-step*/.tmp*"))
+        for ckpt in (run / "checkpoints").glob("epoch*-step*"):  # complete, or not named like one
+            assert (ckpt / "mlic_state.json").is_file() and (ckpt / "model.safetensors").is_file()
+    assert killed >= 10, killed
+    done = subprocess.run(_cmd(run), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _same_result(straight, run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM", "stop file"])
+def test_asked_to_stop_it_saves_exits_0_and_resumes(straight, tmp_path, how):
+    run, stop_file = tmp_path / "run", tmp_path / "STOP"
+    env = {**os.environ, "MLIC_STOP_FILE": str(stop_file)}
+    proc = subprocess.Popen(_cmd(run), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((run / "checkpoints").glob("epoch*")):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    if how == "stop file":
+        stop_file.touch()
+    else:
+        proc.send_signal(getattr(signal, how))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped at" in out and "run the same command again" in out
+    stop_file.unlink(missing_ok=True)
+    done = subprocess.run(_cmd(run), cwd=REPO, capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "resumed from" in done.stdout, done.stderr[-2000:]
+    _same_result(straight, run)
+
+
+def test_sigusr1_and_sigterm_set_the_stop_request():
+    from mlic.preemption import StopSignal
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        stop = StopSignal(stop_file="")
+        try:
+            assert not stop.local()
+            os.kill(os.getpid(), sig)
+            time.sleep(0.01)
+            assert stop.local() and stop.received == sig.name
+        finally:
+            stop.restore()
+
+
+def _fit(tmp_path, *extra):
+    from mlic.engine import fit
+
+    return fit(load_config(REPO / "configs" / "demo.yaml", [*TINY, "train.epochs=1", f"run.output_dir={tmp_path / 'run'}",
+                                                             *extra]))
+
+
+def test_non_finite_loss_stops_naming_the_step_and_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLIC_FAULT", "nan:7")
+    with pytest.raises(MlicError, match=r"non-finite loss or gradient norm at step 7 .*last good checkpoint: .*epoch0001-step00000005"):
+        _fit(tmp_path, "train.log_every=1")
+
+
+def test_non_finite_steps_can_be_skipped_and_counted(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLIC_FAULT", "nan:4")
+    last = _fit(tmp_path, "train.skip_nonfinite=true")
+    assert last["train"]["skipped_steps"] == 1 and last["train"]["loss"] == last["train"]["loss"]  # finite: left out
+    assert all(torch.isfinite(v).all() for v in load_file(tmp_path / "run" / "model" / "model.safetensors").values())
+
+
+def test_unreadable_image_stops_before_training_unless_skipped(demo_copy, tmp_path):
+    (demo_copy / "images" / "im7.jpg").write_bytes(b"\xff\xd8\xff broken")
+    with pytest.raises(DataError, match=r"im7\.jpg: cannot read image"):
+        _fit(tmp_path, f"data.root={demo_copy}")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    last = _fit(tmp_path, f"data.root={demo_copy}", "data.skip_bad=true", "run.output_dir=" + str(tmp_path / "skip"))
+    assert last["train"]["skipped_images"] == 1
+    assert json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[0])["skipped_images"] == 1
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("data.labels=[dog, cat]", "data.labels"),
+    ("model.num_labels=3", "model.num_labels"),
+    ("train.select_metric=val/f2", "train.select_metric"),
+    ("train.epochs=ten", "train.epochs"),
+])
+def test_bad_configuration_is_one_error_before_training(tmp_path, override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        _fit(tmp_path, override)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_checkpoint_of_another_model_or_label_set_is_refused(tmp_path):
+    _fit(tmp_path)
+    with pytest.raises(ConfigError, match="model='cnn'.*model='resnet50'|model="):
+        _fit(tmp_path, "model.name=resnet50", "model.pretrained=false", "data.image_size=32", "train.epochs=2")
+
+
+def test_exported_model_is_loaded_without_pickle(tmp_path, monkeypatch):
+    _fit(tmp_path)
+    from mlic.export import load_exported
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("torch.load must not be used for exported models")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    model, meta = load_exported(tmp_path / "run" / "model")
+    assert len(meta["label_names"]) == 14
+    ckpt = next((tmp_path / "run" / "checkpoints").iterdir())
+    assert not list(ckpt.glob("custom_checkpoint_*"))  # no pickled custom objects in checkpoints
+
+
+def test_half_done_export_is_recovered(tmp_path):
+    from mlic.export import export_model, recover_export
+
+    out = tmp_path / "model"
+    export_model({"w": torch.ones(2)}, out, {"v": 1})
+    export_model({"w": torch.zeros(2)}, out, {"v": 2})
+    out.rename(out.with_name("model.old"))  # killed after the old copy moved aside...
+    export_model({"w": torch.full((2,), 3.0)}, tmp_path / "model.tmp", {"v": 3})  # ...with the new one complete
+    recover_export(out)
+    assert json.loads((out / "config.json").read_text()) == {"v": 3}
+    assert not (tmp_path / "model.old").exists() and not (tmp_path / "model.tmp").exists()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.integers(-5, 15).map(str), st.text(max_size=6)), max_size=8))
+def test_fuzzed_annotation_files_are_accepted_or_a_data_error(tmp_path, lines):
+    from PIL import Image
+
+    from mlic.data.datasets import load_helsinki
+
+    root = tmp_path / "fuzz"
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    for n in (1, 2, 3):
+        if not (root / "images" / f"im{n}.jpg").exists():
+            Image.new("RGB", (4, 4)).save(root / "images" / f"im{n}.jpg")
+    (root / "annotations" / "x.txt").write_text("\n".join(lines), errors="surrogatepass") if False else None
+    (root / "annotations" / "x.txt").write_bytes("\n".join(lines).encode("utf-8", "surrogatepass"))
+    try:
+        ds = load_helsinki(root)
+    except DataError:
+        return
+    assert ds.targets.shape == (3, 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["data.root", "data.val_fraction", "train.epochs", "optim.lr", "sampler.name", "model.dropout",
+                        "optim.betas", "loss.pos_weight_clip", "nosuch.key", "train", "data.cache", "eval.threshold"]),
+       st.one_of(st.text(max_size=8), st.integers(), st.floats(allow_nan=False), st.booleans(), st.none(),
+                 st.lists(st.integers(), max_size=3)))
+def test_fuzzed_config_values_are_accepted_or_a_config_error(key, value):
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    try:
+        load_config(None, [f"{key}={text}"])
+    except ConfigError:
+        pass
