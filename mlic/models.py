@@ -62,6 +62,7 @@ class Preprocess:
 
 # torchvision models the report used or tried: builder, weights enum name, classifier attribute
 TORCHVISION = {
+    "resnet18": ("resnet18", "ResNet18_Weights", "fc"),  # small: benchmarks and quick trials
     "resnet50": ("resnet50", "ResNet50_Weights", "fc"),
     "resnet152": ("resnet152", "ResNet152_Weights", "fc"),
     "densenet121": ("densenet121", "DenseNet121_Weights", "classifier"),
