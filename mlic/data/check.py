@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mlic.data.datasets import IMAGE_SUFFIXES, image_number
+from mlic.data.datasets import IMAGE_SUFFIXES, annotation_lines, image_number
 
 
 def image_problem(path: Path) -> str | None:
@@ -59,13 +59,8 @@ def check_helsinki(root: Path, labels: set[str] | None = None, workers: int = 4)
         if labels is not None and path.stem not in labels:
             problems.append(f"{path}: unknown label {path.stem!r} (known: {', '.join(sorted(labels))})")
         seen: dict[int, int] = {}
-        for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-            text = line.strip()
-            if not text:
-                continue
-            try:
-                n = int(text)
-            except ValueError:
+        for lineno, text, n in annotation_lines(path):
+            if n is None:
                 problems.append(f"{path}:{lineno}: {text!r} is not an image number")
                 continue
             if n < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,16 +111,22 @@ def list_helsinki_images(images_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: image_number(p.name))
 
 
-def read_annotation(path: Path, known_numbers: set[int]) -> set[int]:
-    numbers = set()
+def annotation_lines(path: Path) -> Iterator[tuple[int, str, int | None]]:
+    """(line number, text, image number or None when not an integer) for each non-blank line."""
     for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         text = line.strip()
-        if not text:
-            continue
-        try:
-            number = int(text)
-        except ValueError:
-            raise DataError(f"{path}:{lineno}: {text!r} is not an image number") from None
+        if text:
+            try:
+                yield lineno, text, int(text)
+            except ValueError:
+                yield lineno, text, None
+
+
+def read_annotation(path: Path, known_numbers: set[int]) -> set[int]:
+    numbers = set()
+    for lineno, text, number in annotation_lines(path):
+        if number is None:
+            raise DataError(f"{path}:{lineno}: {text!r} is not an image number")
         if number not in known_numbers:
             raise DataError(f"{path}:{lineno}: image im{number}.jpg not found in images/")
         numbers.add(number)
