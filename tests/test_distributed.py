@@ -51,6 +51,14 @@ def test_two_process_training_evaluates_exactly_the_val_set(tmp_path):
     steps = cfg["_provenance"]["train_images"] // 16 // 2
     assert lines[0]["images"] == steps * 16 * 2
     assert (run / "model" / "model.safetensors").exists()
+    # evaluate under accelerate launch: each rank scores a share, one gather, the same figures as 1 process
+    done = _launch("multi_cpu.yaml", ["-m", "mlic.cli", "evaluate", str(run / "model"), "--json", str(tmp_path / "two.json")],
+                   29534)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert run_cmd(["mlic", "evaluate", str(run / "model"), "--json", str(tmp_path / "one.json")]).returncode == 0
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text())["summary"] for n in ("one", "two"))
+    assert two["images"] == one["images"] == lines[1]["images"]
+    assert two["f1_macro"] == pytest.approx(one["f1_macro"], abs=1e-9) and two["mAP"] == pytest.approx(one["mAP"], abs=1e-9)
 
 
 def test_deepspeed_zero2_trains_on_two_cpu_processes(tmp_path):
