@@ -61,7 +61,8 @@ def bare_epoch_rates(model_name: str, images: torch.Tensor, targets: torch.Tenso
     return rates
 
 
-def mlic_epoch_rates(model_name: str, root: Path, cache_dir: Path, out: Path, epochs: int) -> tuple[list[float], list[float]]:
+def mlic_epoch_rates(model_name: str, root: Path, cache_dir: Path, out: Path, epochs: int,
+                     overrides: tuple[str, ...] = ()) -> tuple[list[float], list[float]]:
     """Per epoch: images/s of the training loop plus its checkpoint, and of the loop alone."""
     from mlic.engine import fit
 
@@ -69,7 +70,7 @@ def mlic_epoch_rates(model_name: str, root: Path, cache_dir: Path, out: Path, ep
         f"model.name={model_name}", "model.pretrained=false", f"data.root={root}", f"data.cache_dir={cache_dir}",
         "data.cache_size=64", "data.image_size=64", "data.num_workers=0", "augment.enabled=false",
         "data.val_fraction=0.05", f"train.batch_size={BATCH}", f"train.epochs={epochs}", "optim.lr=1e-3",
-        f"run.output_dir={out}", "run.progress=false", "eval.thresholds=fixed",
+        f"run.output_dir={out}", "run.progress=false", "eval.thresholds=fixed", *overrides,
     ])
     stamps: list[float] = []
     import mlic.engine as engine
@@ -106,6 +107,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override for mlic's runs (e.g. train.eval_batch_size=64)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp(prefix="mlic-overhead-"))
@@ -122,7 +125,8 @@ def main() -> None:
         bare, ours, loop_only = [], [], []
         for r in range(args.rounds):
             bare += bare_epoch_rates(name, images, targets, args.epochs)[1:]
-            with_ckpt, without = mlic_epoch_rates(name, root, tmp / "cache", tmp / f"run-{name}-{r}", args.epochs)
+            with_ckpt, without = mlic_epoch_rates(name, root, tmp / "cache", tmp / f"run-{name}-{r}", args.epochs,
+                                                  tuple(args.overrides))
             ours += with_ckpt[1:]
             loop_only += without[1:]
         b, m, lo = statistics.median(bare), statistics.median(ours), statistics.median(loop_only)
