@@ -13,10 +13,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from mlic.config import Config, config_from_dict
-from mlic.data.cache import _decode
+from mlic.data.cache import decode_square
 from mlic.data.check import image_problem
 from mlic.data.datasets import IMAGE_SUFFIXES, MultilabelImages, image_number, load_dataset, open_rgb
-from mlic.data.pipeline import load_split
+from mlic.data.pipeline import PassThrough, load_split
 from mlic.data.transforms import DeviceTransform, per_image_transform
 from mlic.errors import MlicError
 from mlic.export import load_exported
@@ -34,7 +34,7 @@ class DecodedImages(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        image = torch.from_numpy(_decode(self.dataset, int(self.dataset.indices[i]), self.size))
+        image = torch.from_numpy(decode_square(self.dataset, int(self.dataset.indices[i]), self.size))
         target = self.targets[i] if self.targets is not None else torch.zeros(0)
         return image, target, i
 
@@ -48,7 +48,7 @@ def _eval_inputs(dataset: MultilabelImages, cfg: Config, meta: dict, batch_size:
         transform = DeviceTransform(pre["size"], pre["mean"], pre["std"])
     else:
         data = dataset.subset(np.arange(len(dataset)), per_image_transform(pre["size"], pre["mean"], pre["std"]))
-        transform = DeviceTransform(pre["size"], (0, 0, 0), (1, 1, 1))  # already normalised: identity
+        transform = PassThrough(channels_last=False)  # the workers already resized and normalised
     return DataLoader(data, batch_size=batch_size, num_workers=workers), transform
 
 

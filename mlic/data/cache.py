@@ -24,7 +24,7 @@ def cache_path(dataset: MultilabelImages, size: int, cache_dir: str | Path) -> P
     return Path(cache_dir) / f"{dataset.fingerprint}-{len(dataset.all_names)}x{size}.u8"
 
 
-def _decode(dataset: MultilabelImages, i: int, size: int) -> np.ndarray:
+def decode_square(dataset: MultilabelImages, i: int, size: int) -> np.ndarray:
     img = dataset.read_base(i)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
@@ -45,7 +45,7 @@ def build_cache(dataset: MultilabelImages, size: int, cache_dir: str | Path, wor
 
     def fill(i: int) -> None:
         if i not in skip:
-            array[i] = _decode(dataset, i, size)
+            array[i] = decode_square(dataset, i, size)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL releases the GIL while decoding
         list(pool.map(fill, range(n)))
