@@ -67,6 +67,9 @@ class OptimConfig:
     weight_decay: float = 0.0  # report §3.2: any decay hurt
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    # One fused kernel per step instead of a loop over parameters (~4.5x faster on CPU, the fastest on
+    # CUDA). auto: on, except under DeepSpeed, which steps its own flat fp32 partitions.
+    fused: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass

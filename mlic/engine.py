@@ -45,10 +45,12 @@ def make_accelerator(cfg: Config) -> Accelerator:
     )
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Config, model: torch.nn.Module, deepspeed: bool = False) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     kind = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
-    return kind(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
+    fused = cfg.optim.fused == "on" or (cfg.optim.fused == "auto" and not deepspeed)
+    return kind(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                weight_decay=cfg.optim.weight_decay, fused=fused or None)
 
 
 def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
@@ -293,7 +295,7 @@ def fit(cfg: Config) -> dict[str, dict[str, float]]:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.loss.pos_weight, data.train.targets, cfg.loss.pos_weight_clip)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model, accelerator.distributed_type == DistributedType.DEEPSPEED)
     steps_per_epoch = math.ceil(len(data.train_loader) / accelerator.num_processes / cfg.train.grad_accum)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     if cfg.train.compile:
