@@ -106,6 +106,7 @@ class TrainConfig:
     select_metric: str = "val/f1_macro"
     save_every_steps: int | None = None
     keep_checkpoints: int = 2
+    async_save: bool = True  # write checkpoints in a background thread (DeepSpeed: always synchronous)
     seed: int = 0
     max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
     skip_nonfinite: bool = False  # skip steps with a non-finite loss/gradient (one host sync per step)

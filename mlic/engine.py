@@ -20,7 +20,7 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectCon
 from tqdm.auto import tqdm
 
 from mlic import faults
-from mlic.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
+from mlic.checkpoint import CheckpointWriter, TrainingState, latest_checkpoint, load_checkpoint
 from mlic.config import Config, save_resolved
 from mlic.data.pipeline import Data, build_data, load_split
 from mlic.errors import ConfigError, MlicError
@@ -155,7 +155,7 @@ def train_one_epoch(
             _check_finite(accelerator, first_bad, state)  # never checkpoint a diverged model
             state.partial = _merge_partial(state.partial, _gather_outputs(accelerator, probs, targets, losses, data.dataset.num_labels))
             probs, targets, losses = [], [], []
-            save_fn()
+            save_fn(blocking=stopping)  # a stop waits for its checkpoint
             if stopping:
                 raise StopRequested(f"epoch {state.epoch}, step {state.step_in_epoch} of it")
         if cfg.train.max_steps_per_epoch and state.step_in_epoch >= cfg.train.max_steps_per_epoch:
@@ -326,8 +326,11 @@ def fit(cfg: Config) -> dict[str, dict[str, float]]:
         if accelerator.is_main_process:
             _trim_metrics(out / "metrics.jsonl", state.epoch - 1)
 
-    def save() -> None:
-        save_checkpoint(accelerator, out / "checkpoints", state, data.sampler, identity, cfg.train.keep_checkpoints)
+    writer = CheckpointWriter(accelerator, model, optimizer, scheduler, out / "checkpoints", identity,
+                              cfg.train.keep_checkpoints, background=cfg.train.async_save)
+
+    def save(blocking: bool = False) -> None:
+        writer.save(state, data.sampler, blocking)
 
     last: dict[str, dict[str, float]] = {}
     stop = StopSignal()
@@ -355,17 +358,21 @@ def fit(cfg: Config) -> dict[str, dict[str, float]]:
             save()
             if state.epoch <= cfg.train.epochs and stop.requested(accelerator):
                 raise StopRequested(f"the end of epoch {epoch}")
+        writer.wait()  # the last checkpoint is on disk before fit returns
     except NonFiniteError as exc:
+        writer.wait()
         last = latest_checkpoint(out / "checkpoints")
         raise MlicError(f"{exc}; last good checkpoint: {last or 'none yet'}. Lower optim.lr, set "
                         "train.clip_grad_norm, or skip such steps with train.skip_nonfinite=true") from None
     except StopRequested as exc:
+        writer.wait()
         accelerator.print(f"stopped at {exc}: checkpoint saved in {out / 'checkpoints'}; "
                           "run the same command again to resume")
         accelerator.end_training()
         raise
     finally:
         stop.restore()
+        writer.close()
     accelerator.end_training()
     return last
 
