@@ -36,7 +36,7 @@ from accelerate.utils import (
 from safetensors.torch import load_file, save_file
 
 from mlic import faults
-from mlic.errors import ConfigError
+from mlic.errors import ConfigError, MlicError
 
 NAME = re.compile(r"^epoch(\d+)-step(\d+)$")
 STATE = "mlic_state.json"
@@ -184,8 +184,9 @@ class CheckpointWriter:
                 save(obj, tmp / name, safe_serialization=name == SAFE_WEIGHTS_NAME)
             self._write_ours(tmp, doc, partial)
             self._finish(tmp, final)
-        except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
-            self._error = exc
+        except Exception as exc:  # handed to the training thread by wait()
+            self._error = MlicError(f"writing checkpoint {final.name} into {tmp.parent} failed: {exc}")
+            self._error.__cause__ = exc
 
     def _write_ours(self, tmp: Path, doc: dict, partial: dict) -> None:
         (tmp / STATE).write_text(json.dumps(doc, indent=1))

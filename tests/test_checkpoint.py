@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import mlic.checkpoint as checkpoint
 from mlic.checkpoint import CheckpointWriter, TrainingState, latest_checkpoint
+from mlic.errors import MlicError
 from mlic.sampler import ShuffleSampler
 
 
@@ -115,7 +116,7 @@ def test_a_failed_write_reaches_the_training_thread_and_leaves_no_checkpoint(tmp
     monkeypatch.setattr(checkpoint, "save", full_disk)
     writer = CheckpointWriter(acc, model, opt, sched, tmp_path / "ckpt", {"model": "m"}, keep=2)
     writer.save(_state(3), ShuffleSampler(10, seed=0))
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(MlicError, match="writing checkpoint epoch0001-step00000003 into .* failed: .*No space left"):
         writer.wait()
     assert latest_checkpoint(tmp_path / "ckpt") is None
     writer.wait()  # reported once

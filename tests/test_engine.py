@@ -97,3 +97,13 @@ def test_config_errors_come_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="model.num_labels"):
         _fit([*TINY, "model.num_labels=5", f"run.output_dir={tmp_path}"])
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("setting, deepspeed, fused", [("auto", False, True), ("auto", True, False), ("off", False, False),
+                                                       ("on", True, True)])
+def test_optimizer_is_fused_unless_deepspeed_or_turned_off(setting, deepspeed, fused):
+    from mlic.engine import build_optimizer
+
+    cfg = load_config(None, [f"optim.fused={setting}", "optim.name=adamw"])
+    optimizer = build_optimizer(cfg, torch.nn.Linear(3, 2), deepspeed=deepspeed)
+    assert isinstance(optimizer, torch.optim.AdamW) and bool(optimizer.defaults["fused"]) is fused
