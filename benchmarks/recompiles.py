@@ -1,0 +1,56 @@
+"""Does `train.compile=true` compile once, or again every epoch? Counts TorchDynamo compilations per epoch.
+
+    python benchmarks/recompiles.py [--model cnn] [--epochs 3] [--backend inductor]
+
+A `fit()` of the demo corpus (small images, a few steps per epoch: what is counted is compilations, not
+speed). Training and evaluation are different graphs (train vs eval mode, a smaller last eval batch), so
+epoch 1 compiles a few; a healthy loop compiles nothing after it. The last line is
+`compiles after epoch 1: <n>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+import torch._dynamo.utils as dynamo_utils
+
+import mlic.engine as engine
+from mlic.config import load_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="cnn")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--backend", default="inductor", help="inductor (what users get) or eager (no C++ compiler needed)")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="mlic-recompiles-"))
+    per_epoch: list[int] = []
+    original_compile, original_evaluate = torch.compile, engine.evaluate
+
+    def compile_with_backend(model, **kwargs):
+        return original_compile(model, backend=args.backend, **kwargs)
+
+    def counted_evaluate(*a, **kw):  # the epoch's training and evaluation both done
+        result = original_evaluate(*a, **kw)
+        per_epoch.append(dynamo_utils.counters["stats"]["unique_graphs"] - sum(per_epoch))
+        return result
+
+    torch.compile, engine.evaluate = compile_with_backend, counted_evaluate
+    try:
+        engine.fit(load_config(None, [
+            f"model.name={args.model}", "model.pretrained=false", "data.demo_images=300", "data.image_size=32",
+            "data.num_workers=0", "train.batch_size=16", "train.eval_batch_size=40", f"train.epochs={args.epochs}",
+            "train.compile=true", f"run.output_dir={tmp / 'run'}", "run.progress=false",
+        ]))
+    finally:
+        torch.compile, engine.evaluate = original_compile, original_evaluate
+    print(f"torch {torch.__version__}, backend {args.backend}: graphs compiled per epoch {per_epoch}")
+    print(f"compiles after epoch 1: {sum(per_epoch[1:])}")
+
+
+if __name__ == "__main__":
+    main()
