@@ -26,7 +26,7 @@ from mlic.data.pipeline import Data, build_data, load_split
 from mlic.errors import ConfigError, MlicError
 from mlic.export import export_model, recover_export
 from mlic.losses import build_loss
-from mlic.metrics import METRIC_KEYS, compute_metrics, heldout_tuned_f1_macro, tune_thresholds
+from mlic.metrics import METRIC_KEYS, compute_metrics, heldout_tuned_f1_macro, tune_thresholds, tuned_metrics
 from mlic.models import architecture, build_model, is_cnn
 from mlic.preemption import StopRequested, StopSignal
 
@@ -251,8 +251,7 @@ def evaluate(model, loader, transform, loss_fn, accelerator, tune_thresholds_: b
     thresholds = np.full(targets.shape[1], default)
     if tune_thresholds_:
         thresholds = tune_thresholds(targets, probs, default)
-        tuned = compute_metrics(targets, probs, thresholds)
-        metrics.update({f"{k}_tuned": v for k, v in tuned.items() if k != "mAP"})
+        metrics.update(tuned_metrics(targets, probs, thresholds))
         metrics["f1_macro_tuned_heldout"] = heldout_tuned_f1_macro(targets, probs, default)
     return metrics, thresholds
 

@@ -20,7 +20,7 @@ from mlic.data.pipeline import PassThrough, load_split
 from mlic.data.transforms import DeviceTransform, per_image_transform
 from mlic.errors import MlicError
 from mlic.export import load_exported
-from mlic.metrics import compute_metrics, per_label_metrics
+from mlic.metrics import compute_metrics, per_label_metrics, tuned_metrics
 
 
 class DecodedImages(torch.utils.data.Dataset):
@@ -145,8 +145,7 @@ def evaluate_model(model_dir: str, data_root: str | None, split: str = "val", ba
     probs = infer(model, loader, transform)
     targets = dataset.targets
     summary = compute_metrics(targets, probs)
-    tuned = compute_metrics(targets, probs, np.asarray(meta["thresholds"]))
-    summary.update({f"{k}_tuned": v for k, v in tuned.items() if k != "mAP"})
+    summary.update(tuned_metrics(targets, probs, np.asarray(meta["thresholds"])))
     summary["images"] = len(dataset)
     rows = per_label_metrics(targets, probs, meta["label_names"], np.asarray(meta["thresholds"]))
     return summary, rows, probs, targets, dataset

@@ -85,6 +85,11 @@ def tune_thresholds(y_true, y_prob, default: float = 0.5) -> np.ndarray:
     return thresholds
 
 
+def tuned_metrics(y_true, y_prob, thresholds) -> dict[str, float]:
+    """`<metric>_tuned`: the metrics that depend on thresholds, at per-label `thresholds` (mAP does not)."""
+    return {f"{k}_tuned": v for k, v in compute_metrics(y_true, y_prob, thresholds).items() if k != "mAP"}
+
+
 def heldout_tuned_f1_macro(y_true, y_prob, default: float = 0.5) -> float:
     """Macro-F1 of per-label thresholds on data they were NOT tuned on: the images are split in two
     halves (alternating), each half is thresholded with the other half's tuned thresholds. An honest
