@@ -20,6 +20,7 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectCon
 from tqdm.auto import tqdm
 
 from mlic import faults
+from mlic.allocator import keep_freed_memory
 from mlic.checkpoint import CheckpointWriter, TrainingState, latest_checkpoint, load_checkpoint
 from mlic.config import Config, save_resolved
 from mlic.data.pipeline import Data, build_data, load_split
@@ -283,6 +284,8 @@ def fit(cfg: Config) -> dict[str, dict[str, float]]:
     """Train per `cfg`; returns the last epoch's {"train": ..., "val": ...} metrics."""
     check_select_metric(cfg.train.select_metric)
     accelerator = make_accelerator(cfg)
+    if accelerator.device.type == "cpu" and cfg.train.keep_host_memory:
+        keep_freed_memory()
     out = Path(cfg.run.output_dir)
     set_seed(cfg.train.seed)
     say = accelerator.print
