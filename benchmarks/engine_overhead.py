@@ -43,11 +43,14 @@ BATCH = 64
 class BareLoop:
     """The textbook loop: forward, BCE, backward, Adam step; data already in memory."""
 
-    def __init__(self, model_name: str, images: torch.Tensor, targets: torch.Tensor, fused: bool | None):
+    def __init__(self, cfg, images: torch.Tensor, targets: torch.Tensor, mlic_optimizer: bool):
+        """The model of mlic's run `cfg`; PyTorch's default Adam, or the optimizer mlic builds for `cfg`."""
+        from mlic.engine import build_optimizer
+
         torch.manual_seed(0)
-        cfg = load_config(None, [f"model.name={model_name}", "model.pretrained=false"])
         self.model, _ = build_model(cfg.model, targets.shape[1])
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, fused=fused)
+        self.opt = (build_optimizer(cfg, self.model) if mlic_optimizer
+                    else torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr))
         self.images, self.targets, self.epoch = images, targets, 0
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -90,8 +93,7 @@ def interleaved(model_name: str, root: Path, cache_dir: Path, out: Path, epochs:
         "data.val_fraction=0.05", f"train.batch_size={BATCH}", f"train.epochs={epochs}", "optim.lr=1e-3",
         f"run.output_dir={out}", "run.progress=false", "eval.thresholds=fixed", *overrides,
     ])
-    fused = {"on": True, "auto": True, "off": None}[cfg.optim.fused]
-    textbook, same_opt = BareLoop(model_name, images, targets, None), BareLoop(model_name, images, targets, fused)
+    textbook, same_opt = BareLoop(cfg, images, targets, False), BareLoop(cfg, images, targets, True)
     rates: dict[str, list[float]] = {"textbook": [], "same_optimizer": [], "textbook_cpu": [], "same_optimizer_cpu": []}
     seconds: dict[str, list[float]] = {"loop": [], "save": [], "written": [], "loop_cpu": [], "save_cpu": []}
     writers: list[CheckpointWriter] = []

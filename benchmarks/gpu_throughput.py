@@ -29,6 +29,7 @@ from mlic.data.cache import CachedImages, build_cache, collate_batch
 from mlic.data.datasets import load_helsinki
 from mlic.data.demo import write_demo_data
 from mlic.data.transforms import DeviceTransform
+from mlic.engine import build_optimizer
 from mlic.models import build_model, is_cnn
 
 GMACS = {"resnet152": 11.56, "densenet161": 7.79, "vit": 17.58}
@@ -42,7 +43,7 @@ def bench(name: str, compile_: bool, loader, args, device) -> dict:
     if compile_:
         model = torch.compile(model)
     transform = DeviceTransform(224, pre.mean, pre.std, AugmentConfig(), channels_last=cnn).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as mlic builds it (optim.fused=auto)
+    opt = build_optimizer(cfg, model)  # as mlic builds it: fused Adam
     loss_fn = torch.nn.BCEWithLogitsLoss()
     gen = torch.Generator(device).manual_seed(0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
