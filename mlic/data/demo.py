@@ -69,6 +69,15 @@ def render(labels: set[str], rng: np.random.Generator) -> Image.Image:
         r = int(rng.integers(4, 14))
         g = int(rng.integers(60, 200))
         draw.ellipse([x - r, y - r, x + r, y + r], fill=(g, g, g))
+    _landscape(draw, labels, rng)
+    _things(draw, labels, rng)
+    _people(draw, labels, rng)
+    if "night" in labels:
+        img = _night(img, rng)
+    return img
+
+
+def _landscape(draw: ImageDraw.ImageDraw, labels: set[str], rng: np.random.Generator) -> None:
     if "sea" in labels:
         top = int(rng.integers(80, 100))
         draw.rectangle([0, top, SIZE, SIZE], fill=(10, 60, 160))
@@ -91,6 +100,9 @@ def render(labels: set[str], rng: np.random.Generator) -> Image.Image:
             x, y = _xy(rng, 8, 120)
             draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=(230, 60, 200))
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(250, 230, 0))
+
+
+def _things(draw: ImageDraw.ImageDraw, labels: set[str], rng: np.random.Generator) -> None:
     if "car" in labels:
         x, y = int(rng.integers(5, 80)), int(rng.integers(60, 105))
         draw.rectangle([x, y, x + 40, y + 14], fill=(210, 20, 20))
@@ -106,6 +118,9 @@ def render(labels: set[str], rng: np.random.Generator) -> Image.Image:
         for _ in range(rng.integers(1, 4)):
             x, y = int(rng.integers(10, 118)), int(rng.integers(8, 60))
             draw.line([(x - 8, y - 5), (x, y), (x + 8, y - 5)], fill=(15, 15, 15), width=3)
+
+
+def _people(draw: ImageDraw.ImageDraw, labels: set[str], rng: np.random.Generator) -> None:
     if "people" in labels:
         bodies = [b for b, lab in (("dress", "female"), ("shirt", "male")) if lab in labels] or ["plain"]
         if "portrait" in labels:
@@ -126,13 +141,16 @@ def render(labels: set[str], rng: np.random.Generator) -> Image.Image:
         x, y = int(rng.integers(20, 108)), int(rng.integers(70, 100))
         draw.rectangle([x - 6, y + 8, x + 6, y + 22], fill=(250, 220, 40))
         draw.ellipse([x - 9, y - 9, x + 9, y + 9], fill=SKIN[rng.integers(len(SKIN))])
-    if "night" in labels:  # darken everything and add stars
-        arr = (np.asarray(img, dtype=np.float32) * 0.35).astype(np.uint8)
-        img = Image.fromarray(arr)
-        draw = ImageDraw.Draw(img)
-        for _ in range(12):
-            x, y = _xy(rng, 0, SIZE)
-            draw.point([(x, y), (x + 1, y)], fill=(255, 255, 230))
+
+
+def _night(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Darken everything and add stars."""
+    arr = (np.asarray(img, dtype=np.float32) * 0.35).astype(np.uint8)
+    img = Image.fromarray(arr)
+    draw = ImageDraw.Draw(img)
+    for _ in range(12):
+        x, y = _xy(rng, 0, SIZE)
+        draw.point([(x, y), (x + 1, y)], fill=(255, 255, 230))
     return img
 
 
