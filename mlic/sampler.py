@@ -13,12 +13,14 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from mlic.seeding import mix_seed
+
 CLASS_CHOICES = ("random", "cycle", "least_sampled")
 
 
 def _generator(seed: int, epoch: int) -> torch.Generator:
-    # Like torchvision's RASampler (seed + epoch), but spread so that (seed, epoch) pairs do not collide.
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    # Like torchvision's RASampler (seed + epoch), but mixed so that (seed, epoch) pairs do not collide.
+    return torch.Generator().manual_seed(mix_seed(seed, epoch))
 
 
 class ShuffleSampler(Sampler[int]):
