@@ -6,7 +6,7 @@ Both loops train on the same in-memory uint8 images (64 px, decoded once), with 
 size, Adam and BCE, on 2 CPU threads, augmentation off in both (it is the same code in both anyway).
 mlic's loop is `fit()` as users run it, default config: sampler, per-step seeding, device-side metric
 buffers, the loss log every `train.log_every` steps, the end-of-epoch gather + scikit-learn metrics,
-TensorBoard, the optimizer as mlic builds it, and a checkpoint every epoch. Its throughput counts the
+TensorBoard, the optimizer as mlic builds it, and a synchronous checkpoint every epoch. Its throughput counts the
 training loop plus its checkpoint (evaluation, which the bare loops do not do, is left out).
 
 Two bare loops: the textbook one (`torch.optim.Adam(params, lr)`, PyTorch's default implementation)
@@ -80,12 +80,9 @@ def interleaved(model_name: str, root: Path, cache_dir: Path, out: Path, epochs:
     its checkpoint. One `fit()`; the bare epochs run just after its odd training epochs and just before its
     even ones, so that each loop follows the others as often.
 
-    mlic's time for an epoch: its training loop, plus the wait for a background checkpoint write still in
-    flight when the loop ends (none, when the write overlapped the loop as it should), plus the time the
-    training thread spends in `CheckpointWriter.save` (the copy to host memory; all of the write when
-    synchronous). A background write slows the loop it overlaps, and that is in the loop's time."""
+    mlic's time for an epoch: its training loop plus its checkpoint (`engine.save_checkpoint`, accelerate's
+    `save_state`, synchronous), timed apart so that the report can show what the checkpoint costs."""
     import mlic.engine as engine
-    from mlic.checkpoint import CheckpointWriter
 
     cfg = load_config(None, [
         f"model.name={model_name}", "model.pretrained=false", f"data.root={root}", f"data.cache_dir={cache_dir}",
@@ -95,9 +92,8 @@ def interleaved(model_name: str, root: Path, cache_dir: Path, out: Path, epochs:
     ])
     textbook, same_opt = BareLoop(cfg, images, targets, False), BareLoop(cfg, images, targets, True)
     rates: dict[str, list[float]] = {"textbook": [], "same_optimizer": [], "textbook_cpu": [], "same_optimizer_cpu": []}
-    seconds: dict[str, list[float]] = {"loop": [], "save": [], "written": [], "loop_cpu": [], "save_cpu": []}
-    writers: list[CheckpointWriter] = []
-    original_train, original_save, original_write = engine.train_one_epoch, CheckpointWriter.save, CheckpointWriter._write
+    seconds: dict[str, list[float]] = {"loop": [], "save": [], "loop_cpu": [], "save_cpu": []}
+    original_train, original_save = engine.train_one_epoch, engine.save_checkpoint
 
     def bare_epochs():
         for key, loop in (("textbook", textbook), ("same_optimizer", same_opt)):
@@ -111,8 +107,6 @@ def interleaved(model_name: str, root: Path, cache_dir: Path, out: Path, epochs:
             bare_epochs()
         start = now()
         result = original_train(*args, **kwargs)
-        for writer in writers:
-            writer.wait()
         wall, cpu = since(start)
         seconds["loop"].append(wall)
         seconds["loop_cpu"].append(cpu)
@@ -120,30 +114,24 @@ def interleaved(model_name: str, root: Path, cache_dir: Path, out: Path, epochs:
             bare_epochs()
         return result
 
-    def timed_save(self, *args, **kwargs):
-        writers[:] = [self]
+    def timed_save(*args, **kwargs):
         start = now()
-        result = original_save(self, *args, **kwargs)
+        result = original_save(*args, **kwargs)
         wall, cpu = since(start)
         seconds["save"].append(wall)
         seconds["save_cpu"].append(cpu)
         return result
 
-    def timed_write(self, *args, **kwargs):
-        start = time.perf_counter()
-        original_write(self, *args, **kwargs)
-        seconds["written"].append(time.perf_counter() - start)
-
-    engine.train_one_epoch, CheckpointWriter.save, CheckpointWriter._write = timed_train, timed_save, timed_write
+    engine.train_one_epoch, engine.save_checkpoint = timed_train, timed_save
     try:
         engine.fit(cfg)
     finally:
-        engine.train_one_epoch, CheckpointWriter.save, CheckpointWriter._write = original_train, original_save, original_write
+        engine.train_one_epoch, engine.save_checkpoint = original_train, original_save
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
     for suffix in ("", "_cpu"):
         rates[f"mlic{suffix}"] = [line["images"] / (loop + save) for line, loop, save
                                   in zip(lines, seconds[f"loop{suffix}"], seconds[f"save{suffix}"], strict=True)]
-    rates["save_s"], rates["write_s"] = seconds["save"], seconds["written"] or [0.0]
+    rates["save_s"] = seconds["save"]
     return rates
 
 
@@ -186,8 +174,8 @@ def main() -> None:
         ratio = paired_ratio(r["mlic"], r["textbook"])
         ratios.append(ratio)
         print(f"{name}: images/s (median)  textbook bare {med['textbook']:.1f}  bare with mlic's optimizer "
-              f"{med['same_optimizer']:.1f}  mlic {med['mlic']:.1f}  (checkpoint: {med['save_s']:.3f} s/epoch in the "
-              f"training thread, {med['write_s']:.3f} s/epoch written in the background)")
+              f"{med['same_optimizer']:.1f}  mlic {med['mlic']:.1f}  (checkpoint: {med['save_s']:.3f} s/epoch, "
+              f"counted in mlic's rate)")
         print(f"{name}: ratio mlic/textbook {ratio:.3f}   mlic/same-optimizer bare "
               f"{paired_ratio(r['mlic'], r['same_optimizer']):.3f}   (per CPU second of the process, less exposed "
               f"to neighbours: {paired_ratio(r['mlic_cpu'], r['textbook_cpu']):.3f} and "

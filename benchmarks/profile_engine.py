@@ -28,9 +28,9 @@ PARTS = {  # (file suffix, function name) -> part; cumulative times, not overlap
     ("torch/optim/optimizer.py", "wrapper"): "optimizer step",
     ("mlic/engine.py", "train_one_epoch"): "training loop (all)",
     ("mlic/engine.py", "evaluate"): "evaluation",
-    ("mlic/checkpoint.py", "save"): "checkpoint (training thread)",
-    ("mlic/engine.py", "_export"): "export of the best model",
-    ("mlic/engine.py", "_data_figures"): "figures 1-3 (once per run)",
+    ("mlic/engine.py", "save_checkpoint"): "checkpoint",
+    ("mlic/engine.py", "export_best"): "export of the best model",
+    ("mlic/run_log.py", "_data_figures"): "figures 1-3 (once per run)",
 }
 
 
@@ -80,7 +80,7 @@ def main() -> None:
         print(f"    {part:23s} {found.get(part, 0.0):7.2f} s")
     print(f"    the rest of the loop    {loop - model_work:7.2f} s  ({(loop - model_work) / loop:.1%}: sampler, loader, "
           f"seeding, finiteness flag, output buffers, metrics, logging)")
-    for part in ("evaluation", "checkpoint (training thread)", "export of the best model", "figures 1-3 (once per run)"):
+    for part in ("evaluation", "checkpoint", "export of the best model", "figures 1-3 (once per run)"):
         print(f"  {part:25s} {found.get(part, 0.0):7.2f} s")
     print()
     stats.sort_stats("cumulative").print_stats(args.top)

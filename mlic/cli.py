@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,21 +19,23 @@ def train_main(model: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help=f"experiment YAML (default: configs/{model}.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-4 train.epochs=2")
     args = parser.parse_args(argv)
-    from mlic.preemption import StopRequested
-
     try:
         from mlic.config import load_config
 
         cfg = load_config(args.config or CONFIGS / f"{model}.yaml", args.overrides)
         from mlic.engine import fit
 
-        fit(cfg)
-    except StopRequested:
-        return 0  # checkpoint written; rerunning the same command resumes
+        fit(cfg)  # a stop request ends it early, after its checkpoint: exit 0, rerunning resumes
     except MlicError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return 1
     return 0
+
+
+def _print_error(exc: MlicError) -> None:
+    """One line; an error that every rank raises alike is printed by the first one only."""
+    if not getattr(exc, "same_on_every_rank", False) or os.environ.get("RANK", "0") == "0":
+        print(f"error: {exc}", file=sys.stderr)
 
 
 def _demo_data(args) -> int:

@@ -106,7 +106,6 @@ class TrainConfig:
     select_metric: str = "val/f1_macro"
     save_every_steps: int | None = None
     keep_checkpoints: int = 2
-    async_save: bool = True  # write checkpoints in a background thread (DeepSpeed: always synchronous)
     keep_host_memory: bool = True  # CPU runs: reuse freed tensor memory, no page faults per step (mlic/allocator.py)
     seed: int = 0
     max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks

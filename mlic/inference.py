@@ -71,15 +71,15 @@ def infer(model, loader, transform) -> np.ndarray:
     mixed precision as launched), through the engine's gather-once `predict`."""
     from accelerate import Accelerator
 
-    from mlic.engine import predict
+    from mlic.engine import predict_logits
 
     accelerator = Accelerator()
     model = accelerator.prepare_model(model, evaluation_mode=True)
     loader = accelerator.prepare_data_loader(loader)
-    probs, _, index = predict(model, loader, transform.to(accelerator.device), accelerator)
+    logits, _, index = predict_logits(model, loader, transform.to(accelerator.device), accelerator)
     if len(index) != len(loader.dataset):
         raise MlicError(f"inference covered {len(index)} of {len(loader.dataset)} images")
-    return probs
+    return torch.sigmoid(logits).numpy()
 
 
 def predict_command(model_dir: str, images: str, out: str | None, probs_path: str | None, allow_bad: bool,

@@ -14,11 +14,9 @@ import threading
 import torch
 
 
-class StopRequested(Exception):
-    """Raised after the stop checkpoint is written; the entry point exits 0 and a rerun resumes."""
-
-
 class StopSignal:
+    """Records a stop request; a context manager that puts the previous signal handlers back."""
+
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self, stop_file: str | None = None):
@@ -41,6 +39,12 @@ class StopSignal:
             return self.local()
         flag = torch.tensor([1.0 if self.local() else 0.0], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def __enter__(self) -> StopSignal:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.restore()
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

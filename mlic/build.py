@@ -1,0 +1,127 @@
+"""From a config to a prepared run: the Accelerator, data, model, loss, optimizer and schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
+
+from mlic.config import Config
+from mlic.data.pipeline import Data, build_data, load_split
+from mlic.errors import ConfigError
+from mlic.losses import build_loss
+from mlic.models import Preprocess, build_model, is_cnn
+
+
+@dataclass
+class Run:
+    """Everything a run trains with, built once and prepared by accelerate."""
+
+    cfg: Config
+    accelerator: Accelerator
+    out: Path
+    data: Data
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: torch.nn.Module
+    train_loader: Any
+    val_loader: Any
+    preprocess: Preprocess  # `size` is the model's input side, `data.image_size` applied
+    identity: dict[str, Any]  # what a checkpoint must match to be resumed by this run
+    cast: torch.dtype | None  # input dtype under DeepSpeed half precision
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    handlers = []
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if not torch.cuda.is_available():
+        # accelerate imports deepspeed whenever it is installed; unset, deepspeed warns on every process
+        # that it falls back to the CPU. Saying so up front keeps it quiet.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        if deepspeed:  # DeepSpeed would ask for NCCL; gloo is the CPU backend
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=cfg.run.output_dir, logging_dir=cfg.run.output_dir),
+        kwargs_handlers=handlers,
+        step_scheduler_with_optimizer=False,  # the schedule's unit (epoch or step) is ours, whatever the world size
+    )
+    check_world_size(accelerator)
+    return accelerator
+
+
+def check_world_size(accelerator: Accelerator) -> None:
+    """The launcher's process count (torchrun's WORLD_SIZE) must be the Accelerator's: otherwise every
+    process trains alone and they all write the same run folder."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        hint = (" On a machine without a GPU, a MULTI_GPU config runs its processes on the CPU only with "
+                "ACCELERATE_USE_CPU=true (ACCELERATE_USE_CPU=true accelerate launch --config_file "
+                "launch/multi_cpu.yaml ...).") if not torch.cuda.is_available() else ""
+        raise ConfigError(f"the launcher started {launched} processes (WORLD_SIZE={launched}) but this one trains "
+                          f"in a world of {accelerator.num_processes}: they would not train together.{hint}")
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module, deepspeed: bool = False) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    kind = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
+    fused = cfg.optim.fused == "on" or (cfg.optim.fused == "auto" and not deepspeed)
+    return kind(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                weight_decay=cfg.optim.weight_decay, fused=fused or None)
+
+
+def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
+    s = cfg.schedule
+    if s.name == "linear":  # report §4.2: start at lr * 1/3, reach lr after `total_iters`
+        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=s.start_factor, total_iters=s.total_iters)
+    if s.name == "cosine":
+        total = cfg.train.epochs * (steps_per_epoch if s.interval == "step" else 1)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def input_dtype(accelerator: Accelerator) -> torch.dtype | None:
+    """DeepSpeed keeps half-precision weights and no autocast: its inputs must match them. Its precision
+    is set in the DeepSpeed JSON (accelerate refuses `mixed_precision` beside a config file)."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return None
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    for key, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        if ds.get(key, {}).get("enabled") in (True, "true") or accelerator.mixed_precision == key:
+            return dtype
+    return None
+
+
+def build_run(cfg: Config, accelerator: Accelerator) -> Run:
+    split = load_split(cfg)  # data errors surface before the model is built
+    dataset = split[0]
+    model, preprocess = build_model(cfg.model, dataset.num_labels)
+    preprocess = dataclasses.replace(preprocess, size=cfg.data.image_size or preprocess.size)
+    channels_last = is_cnn(cfg.model.name) and cfg.model.channels_last and torch.cuda.is_available()
+    data = build_data(cfg, accelerator, split, preprocess, channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg.loss.pos_weight, data.train_targets, cfg.loss.pos_weight_clip)
+    optimizer = build_optimizer(cfg, model, accelerator.distributed_type == DistributedType.DEEPSPEED)
+    steps_per_epoch = math.ceil(len(data.train_loader) / accelerator.num_processes / cfg.train.grad_accum)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, data.train_loader, data.val_loader, scheduler
+    )
+    data.train_transform.to(accelerator.device)
+    data.eval_transform.to(accelerator.device)
+    identity = {"model": cfg.model.name, "label_names": dataset.label_names}
+    return Run(cfg, accelerator, Path(cfg.run.output_dir), data, model, optimizer, scheduler,
+               loss_fn.to(accelerator.device), train_loader, val_loader, preprocess, identity,
+               input_dtype(accelerator))

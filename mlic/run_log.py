@@ -1,0 +1,90 @@
+"""What a run writes for people: config.yaml, metrics.jsonl, TensorBoard scalars and Figures 1-3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlic import faults
+from mlic.build import Run
+from mlic.config import Config, save_resolved
+from mlic.export import recover_export
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def start_run_folder(run: Run) -> None:
+    """The resolved config, TensorBoard, and the data figures once per run folder."""
+    acc, data = run.accelerator, run.data
+    if acc.is_main_process:
+        run.out.mkdir(parents=True, exist_ok=True)
+        recover_export(run.out / "model")
+        save_resolved(run.cfg, run.out / "config.yaml", world_size=acc.num_processes,
+                      mixed_precision=acc.mixed_precision, distributed_type=str(acc.distributed_type),
+                      label_names=data.dataset.label_names, train_images=len(data.train), val_images=len(data.val),
+                      cached=data.cached)
+    acc.init_trackers("tensorboard", config=_flat_hparams(run.cfg))
+    if acc.is_main_process and not (run.out / "figures").exists():
+        _data_figures(run)
+
+
+def trim_metrics(run: Run, last_epoch: int) -> None:
+    """On resume, drop lines of epochs after the checkpoint (they will be written again)."""
+    path = run.out / METRICS_FILE
+    if run.accelerator.is_main_process and path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= last_epoch]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def log_epoch(run: Run, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
+    acc = run.accelerator
+    scalars = {f"{split}/{k}": v for split, values in metrics.items() for k, v in values.items()}
+    scalars["lr"] = run.optimizer.param_groups[0]["lr"]
+    if torch.cuda.is_available():
+        scalars["gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    acc.log(scalars, step=epoch)
+    if not acc.is_main_process:
+        return
+    with (run.out / METRICS_FILE).open("a") as fh:
+        for split, values in metrics.items():
+            fh.write(json.dumps({"epoch": epoch, "split": split, **values}) + "\n")
+    faults.kill_point("metrics")  # lines written, checkpoint not yet: the resume trims them
+    t, v = metrics["train"], metrics["val"]
+    acc.print(
+        f"epoch {epoch}/{run.cfg.train.epochs}  train loss {t['loss']:.4f} f1_macro {t['f1_macro']:.3f}  |  "
+        f"val loss {v['loss']:.4f} f1_micro {v['f1_micro']:.3f} f1_macro {v['f1_macro']:.3f} mAP {v['mAP']:.3f}  |  "
+        f"{t['images_per_s']:.0f} img/s"
+    )
+
+
+def log_step(run: Run, step: int, loss: torch.Tensor) -> None:
+    run.accelerator.log({"train/loss_step": loss.item(), "lr": run.optimizer.param_groups[0]["lr"]}, step=step)
+
+
+def _flat_hparams(cfg: Config) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
+
+
+def _data_figures(run: Run) -> None:
+    """Figures 1-3 of the report: PNG in RUN/figures and images in TensorBoard."""
+    from mlic.figures import data_figures, save_figures
+    from mlic.losses import pos_weight
+
+    data, targets = run.data, run.data.train_targets
+    weights = getattr(run.loss_fn, "pos_weight", None)
+    weights = pos_weight(targets) if weights is None else weights.cpu()
+    order = np.asarray(list(data.sampler))  # epoch 0 of the sampler: the global order, no side effects
+    figures = data_figures(targets, data.dataset.label_names, order, weights.numpy())
+    save_figures(figures, run.out / "figures", run.accelerator.get_tracker("tensorboard").writer)
+
+
+def output_path(out: Path) -> Path:
+    return out / METRICS_FILE
