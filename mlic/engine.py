@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, broadcast, set_seed
 from tqdm.auto import tqdm
 
 from mlic import faults
@@ -201,6 +201,18 @@ class EpochOutputs:
         return metrics
 
 
+def share_buffers(accelerator: Accelerator, model) -> None:
+    """Give every rank the main process's buffers (BatchNorm statistics) under DeepSpeed.
+
+    DDP broadcasts them at every forward; DeepSpeed leaves each rank its own, while a checkpoint and the
+    exported model hold the main process's. Done before every evaluation and checkpoint, so that each
+    rank evaluates the model that is saved, and a resumed run (all ranks load the main process's) goes
+    on exactly as the uninterrupted one."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.num_processes > 1:
+        for buffer in accelerator.unwrap_model(model).buffers():
+            broadcast(buffer, from_process=0)
+
+
 def _any_rank(accelerator, flag: torch.Tensor) -> bool:
     flag = flag.float().reshape(1)
     return bool((accelerator.reduce(flag, reduction="sum") if accelerator.num_processes > 1 else flag).item() > 0)
@@ -240,6 +252,7 @@ def evaluate(model, loader, transform, loss_fn, accelerator, tune: bool = False,
     per-label thresholds chosen on this very split (optimistic there: they are meant for the test set).
     Returns (metrics, thresholds)."""
     start = time.perf_counter()
+    share_buffers(accelerator, model)
     logits, targets, index = predict_logits(model, loader, transform, accelerator)
     elapsed = time.perf_counter() - start
     probs, y = torch.sigmoid(logits).numpy(), targets.numpy()
@@ -285,6 +298,7 @@ def resume(run: Run) -> RunState:
 
 
 def save_checkpoint(run: Run, state: RunState) -> None:
+    share_buffers(run.accelerator, run.model)
     state.sampler = run.data.sampler.state_dict()
     state.save(run.accelerator, run.out / "checkpoints", run.identity, run.cfg.train.keep_checkpoints)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,7 +83,3 @@ def _data_figures(run: Run) -> None:
     order = np.asarray(list(data.sampler))  # epoch 0 of the sampler: the global order, no side effects
     figures = data_figures(targets, data.dataset.label_names, order, weights.numpy())
     save_figures(figures, run.out / "figures", run.accelerator.get_tracker("tensorboard").writer)
-
-
-def output_path(out: Path) -> Path:
-    return out / METRICS_FILE
