@@ -1,8 +1,13 @@
+import dataclasses
+
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from mlic.config import Config, config_from_dict, load_config, save_resolved
 from mlic.errors import ConfigError
+from mlic.models import head_prefix
 from tests.conftest import REPO
 
 SHIPPED = sorted((REPO / "configs").rglob("*.yaml"))
@@ -15,10 +20,66 @@ def test_defaults_are_the_report_recipe():
     assert cfg.model.dropout == 0.5 and cfg.model.head_batchnorm
 
 
+_BUILT: dict[str, tuple] = {}  # one model per distinct model section: ResNet152 and ViT-B take seconds
+
+
+def _model_of(cfg) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The config's model with random weights, and its output for two small images."""
+    from mlic.models import build_model
+
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False)
+    key = repr(model_cfg)
+    if key not in _BUILT:
+        model, _ = build_model(model_cfg, 14)
+        with torch.no_grad():
+            _BUILT[key] = model, model.eval()(torch.rand(2, 3, 32, 32))
+    return _BUILT[key]
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
-def test_every_shipped_config_loads(path):
+def test_every_shipped_config_builds(path):
+    """Each shipped config, instantiated: its model (random weights) with the head it asks for, its loss,
+    its sampler and its schedule."""
+    from mlic.engine import build_scheduler
+    from mlic.losses import build_loss
+    from mlic.sampler import MultilabelBalancedSampler
+
     cfg = load_config(path)
-    assert cfg.model.name in {"cnn", "resnet50", "resnet152", "densenet121", "densenet161", "vit"}
+    model, out = _model_of(cfg)
+    assert out.shape == (2, 14) and torch.isfinite(out).all()
+    head = model.get_submodule(head_prefix(model).rstrip("."))
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) is cfg.model.head_batchnorm
+    assert [m.p for m in head.modules() if isinstance(m, torch.nn.Dropout)] == [cfg.model.dropout]
+
+    labels = (np.random.default_rng(0).random((64, 14)) < 0.3).astype(np.uint8)
+    labels[np.arange(14), np.arange(14)] = 1  # every label has a positive
+    loss = build_loss(cfg.loss.pos_weight, labels, cfg.loss.pos_weight_clip)
+    assert (loss.pos_weight is None) is (cfg.loss.pos_weight == "none")
+    assert float(loss(torch.zeros(64, 14), torch.from_numpy(labels).float())) > 0
+    if cfg.sampler.name == "balanced":
+        sampler = MultilabelBalancedSampler(labels, cfg.sampler.class_choice, cfg.sampler.num_samples,
+                                            cfg.sampler.empty_share, seed=cfg.train.seed)
+        order = list(sampler)
+        assert len(order) == (cfg.sampler.num_samples or 64) and set(order) <= set(range(64))
+
+    steps_per_epoch = 3
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for _ in range(cfg.train.epochs * (steps_per_epoch if cfg.schedule.interval == "step" else 1)):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    if cfg.schedule.name == "linear":  # warm-up from lr * start_factor to lr, then flat
+        assert lrs[0] == pytest.approx(cfg.optim.lr * cfg.schedule.start_factor)
+        assert lrs[min(cfg.schedule.total_iters, len(lrs) - 1)] == pytest.approx(
+            cfg.optim.lr * min(1.0, cfg.schedule.start_factor + (1 - cfg.schedule.start_factor)
+                               * min(cfg.schedule.total_iters, len(lrs) - 1) / cfg.schedule.total_iters))
+    elif cfg.schedule.name == "cosine":  # from lr down to 0 at the end of the run
+        assert lrs[0] == pytest.approx(cfg.optim.lr) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+        assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    else:
+        assert lrs == [cfg.optim.lr] * len(lrs)
 
 
 def test_yaml_base_chain_and_overrides_last(tmp_path):
