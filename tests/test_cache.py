@@ -2,6 +2,7 @@ import os
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from mlic.config import load_config
 from mlic.data.cache import CachedImages, build_cache, cache_path, open_cache
@@ -16,9 +17,9 @@ def test_cache_holds_the_decoded_images_and_serves_whole_batches(demo_dir, tmp_p
     assert array.shape == (len(ds), 3, 128, 128) and array.dtype == np.uint8
     for i in (0, 7, len(ds) - 1):
         np.testing.assert_array_equal(array[i], np.asarray(ds.read(i)).transpose(2, 0, 1))
-    subset = ds.subset(np.array([5, 9, 11, 200]))
-    images, targets, rows = CachedImages(subset, path).__getitems__([3, 0])
-    assert images.shape == (2, 3, 128, 128) and rows.tolist() == [3, 0]
+    subset = Subset(CachedImages(path, ds.targets), np.array([5, 9, 11, 200]))
+    images, targets, rows = subset.__getitems__([3, 0])  # Subset forwards to CachedImages.__getitems__
+    assert images.shape == (2, 3, 128, 128) and rows.tolist() == [200, 5]  # rows of the full dataset
     np.testing.assert_array_equal(images[0].numpy(), array[200])
     assert torch.equal(targets, torch.from_numpy(ds.targets[[200, 5]].astype(np.float32)))
     assert build_cache(ds, 128, tmp_path) == path  # reused, not rebuilt

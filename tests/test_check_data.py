@@ -19,9 +19,9 @@ def test_every_injected_fault_is_reported(demo_copy, capsys):
     out = capsys.readouterr().out.splitlines()
     n = len((ann / "dog.txt").read_text().splitlines())
     expected = [
-        "im1.jpg: truncated image",
-        "im2.jpg: zero-byte file",
-        "im3.jpg: not a readable image",
+        "im1.jpg: cannot read image: truncated image",
+        "im2.jpg: cannot read image: zero-byte file",
+        "im3.jpg: cannot read image: not a readable image",
         f"dog.txt:{n - 2}: 'abc' is not an image number",
         f"dog.txt:{n - 1}: image im999999.jpg not found",
         f"dog.txt:{n}: duplicate of line 1",
