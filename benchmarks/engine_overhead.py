@@ -162,7 +162,7 @@ def main() -> None:
     ds = load_helsinki(root)
     train_idx, _ = stratified_split(ds.targets, 0.05, 0)
     cache = open_cache(build_cache(ds, 64, tmp / "cache"))
-    images = torch.from_numpy(np.ascontiguousarray(cache[ds.indices[train_idx]]))
+    images = torch.from_numpy(np.ascontiguousarray(cache[train_idx]))
     targets = torch.from_numpy(ds.targets[train_idx].astype(np.float32))
     print(f"{len(images)} training images at 64 px, batch {BATCH}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, {args.epochs} interleaved epochs per model")

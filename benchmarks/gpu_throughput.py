@@ -111,7 +111,7 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     tmp = Path(tempfile.mkdtemp(prefix="mlic-gpu-"))
     ds = load_helsinki(write_demo_data(tmp / "data", max(2000, args.batch * 4), seed=0))
-    data = CachedImages(ds, build_cache(ds, 128, tmp / "cache", workers=8))
+    data = CachedImages(build_cache(ds, 128, tmp / "cache", workers=8), ds.targets)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True,
                                          num_workers=args.workers, collate_fn=collate_batch,
                                          pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from mlic.config import AugmentConfig
 from mlic.data.cache import CachedImages, build_cache, collate_batch, open_cache
-from mlic.data.datasets import load_helsinki
+from mlic.data.datasets import Transformed, load_helsinki
 from mlic.data.demo import write_demo_data
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DeviceTransform, per_image_transform
 from mlic.sampler import MultilabelBalancedSampler
@@ -109,7 +109,7 @@ def main() -> None:
     aug = AugmentConfig()
     print(f"{args.images} images 128x128 -> {args.size} px, batch {args.batch}, {cores} cores, torch {torch.__version__}")
 
-    baseline = ds.subset(np.arange(len(ds)), per_image_transform(args.size, IMAGENET_MEAN, IMAGENET_STD, aug))
+    baseline = Transformed(ds, per_image_transform(args.size, IMAGENET_MEAN, IMAGENET_STD, aug))
     loader_a = DataLoader(baseline, batch_size=args.batch, shuffle=True, num_workers=args.workers,
                           persistent_workers=True)
 
@@ -133,7 +133,7 @@ def main() -> None:
           f"{one['cache_Rss']:.0f} vs {two['cache_Rss']:.0f} MiB)")
     print(f"memory of the whole processes (Python + torch each): 1 rank PSS {one['Pss']:.0f} MiB, "
           f"2 ranks {two['Pss']:.0f} MiB: 2/1 = {two['Pss'] / one['Pss']:.2f}x")
-    cached = CachedImages(ds, path)
+    cached = CachedImages(path, ds.targets)
     loader_b = DataLoader(cached, batch_size=args.batch, shuffle=True, num_workers=0, collate_fn=collate_batch)
     torch.set_num_threads(1)
 

@@ -34,8 +34,9 @@ def confusion_figure(targets, probs, thresholds, names):
     return fig
 
 
-def errors_figure(dataset, targets, probs, threshold: float, c: int, name: str, k: int):
-    """The most confident mistakes for one label: false positives on top, false negatives below."""
+def errors_figure(dataset, rows, targets, probs, threshold: float, c: int, name: str, k: int):
+    """The most confident mistakes for one label: false positives on top, false negatives below.
+    `targets` and `probs` are those of `rows` of the full `dataset`."""
     y, p = targets[:, c], probs[:, c]
     fp = [i for i in np.argsort(-p) if y[i] == 0 and p[i] >= threshold][:k]
     fn = [i for i in np.argsort(p) if y[i] == 1 and p[i] < threshold][:k]
@@ -46,8 +47,8 @@ def errors_figure(dataset, targets, probs, threshold: float, c: int, name: str, 
             ax.axis("off")
             if col < len(picks):
                 i = picks[col]
-                ax.imshow(dataset.read(int(i)))
-                ax.set_title(f"{dataset.names[i]}\np={p[i]:.2f}", fontsize=7)
+                ax.imshow(dataset.read(int(rows[i])))
+                ax.set_title(f"{dataset.names[rows[i]]}\np={p[i]:.2f}", fontsize=7)
         axes[row][0].text(-0.1, 0.5, kind, transform=axes[row][0].transAxes, rotation=90, va="center", ha="right")
     fig.suptitle(f"Misclassified '{name}' (threshold {threshold:.2f}): {len(fp)} FP and {len(fn)} FN shown")
     fig.tight_layout()
@@ -96,10 +97,11 @@ def analyze(run_dir: Path, data_root: str | None = None, examples: int = 8) -> l
     if data_root is not None:
         cfg.data.root = data_root
     dataset, train_idx, _ = load_split(cfg)
-    train = dataset.subset(train_idx)
-    order = np.asarray(list(build_sampler(cfg, train)))
-    figures = data_figures(train.targets, dataset.label_names, order, pos_weight(train.targets, cfg.loss.pos_weight_clip))
-    _, _, probs, targets, val = evaluate_model(str(run_dir / "model"), cfg.data.root, "val")
+    train_targets = dataset.targets[train_idx]
+    order = np.asarray(list(build_sampler(cfg, train_targets, dataset.label_names)))
+    figures = data_figures(train_targets, dataset.label_names, order,
+                           pos_weight(train_targets, cfg.loss.pos_weight_clip))
+    _, _, probs, targets, dataset, val_rows = evaluate_model(str(run_dir / "model"), cfg.data.root, "val")
     meta = json.loads((run_dir / "model" / "config.json").read_text())
     thresholds = np.asarray(meta["thresholds"])
     names = meta["label_names"]
@@ -108,7 +110,7 @@ def analyze(run_dir: Path, data_root: str | None = None, examples: int = 8) -> l
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     figures["training_curves"] = curves_figure(lines)
     for c, name in enumerate(names):
-        figures[f"errors_{name}"] = errors_figure(val, targets, probs, thresholds[c], c, name, examples)
+        figures[f"errors_{name}"] = errors_figure(dataset, val_rows, targets, probs, thresholds[c], c, name, examples)
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     try:
         return save_figures(figures, run_dir / "analysis", writer, step=int(meta["epoch"]))

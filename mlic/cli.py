@@ -58,7 +58,8 @@ def _check_data(args) -> int:
     from mlic.data.check import check_data
 
     labels = set(args.labels.split(",")) if args.labels else None
-    problems = check_data(args.root, args.format, labels, args.workers)
+    problems = check_data(args.root, args.format, labels, args.workers, args.image_column, args.label_column,
+                          args.split)
     for line in problems:
         print(line)
     print(f"{len(problems)} problem(s) in {args.root}", file=sys.stderr)
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root")
     p.add_argument("--format", choices=["helsinki", "csv", "hf"], default="helsinki")
     p.add_argument("--labels", help="comma-separated known label names: others are reported")
+    p.add_argument("--image-column", default="image", help="hf: the image column (data.image_column)")
+    p.add_argument("--label-column", default="labels", help="hf: the label column (data.label_column)")
+    p.add_argument("--split", default="train", help="hf: the split of a DatasetDict or hub dataset (data.hf_split)")
     p.add_argument("--workers", type=int, default=4)
     p.set_defaults(func=_check_data)
 

@@ -10,12 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from mlic.config import Config, config_from_dict
 from mlic.data.cache import decode_square
-from mlic.data.check import image_problem
-from mlic.data.datasets import IMAGE_SUFFIXES, MultilabelImages, image_number, load_dataset, open_rgb
+from mlic.data.datasets import (
+    IMAGE_SUFFIXES,
+    MultilabelImages,
+    ReadFiles,
+    Transformed,
+    decode_problems,
+    image_number,
+    load_dataset,
+)
 from mlic.data.pipeline import PassThrough, load_split
 from mlic.data.transforms import DeviceTransform, per_image_transform
 from mlic.errors import MlicError
@@ -24,32 +31,31 @@ from mlic.metrics import compute_metrics, per_label_metrics, tuned_metrics
 
 
 class DecodedImages(torch.utils.data.Dataset):
-    """Decode as the training cache does (uint8, square `size`): evaluation sees what training saw."""
+    """Every row of `dataset` decoded as the training cache does (uint8, square `size`): evaluation sees
+    what training saw. Sample `row` = (image, float target, row); a split is a `Subset` of it."""
 
     def __init__(self, dataset: MultilabelImages, size: int):
         self.dataset, self.size = dataset, size
-        self.targets = torch.from_numpy(dataset.targets.astype(np.float32)) if dataset.num_labels else None
+        self.targets = torch.from_numpy(dataset.targets.astype(np.float32))
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int):
-        image = torch.from_numpy(decode_square(self.dataset, int(self.dataset.indices[i]), self.size))
-        target = self.targets[i] if self.targets is not None else torch.zeros(0)
-        return image, target, i
+    def __getitem__(self, row: int):
+        row = int(row)
+        return torch.from_numpy(decode_square(self.dataset, row, self.size)), self.targets[row], row
 
 
-def _eval_inputs(dataset: MultilabelImages, cfg: Config, meta: dict, batch_size: int, workers: int):
-    """(loader, transform) reproducing the run's evaluation preprocessing."""
+def _eval_inputs(dataset: MultilabelImages, rows: np.ndarray, cfg: Config, meta: dict, batch_size: int, workers: int):
+    """(loader over `rows` of `dataset`, transform) reproducing the run's evaluation preprocessing."""
     pre = meta["preprocess"]
-    cached = meta.get("cached", True)
-    if cached:
-        data = DecodedImages(dataset, cfg.data.cache_size)
+    if meta.get("cached", True):
+        source = DecodedImages(dataset, cfg.data.cache_size)
         transform = DeviceTransform(pre["size"], pre["mean"], pre["std"])
     else:
-        data = dataset.subset(np.arange(len(dataset)), per_image_transform(pre["size"], pre["mean"], pre["std"]))
+        source = Transformed(dataset, per_image_transform(pre["size"], pre["mean"], pre["std"]))
         transform = PassThrough(channels_last=False)  # the workers already resized and normalised
-    return DataLoader(data, batch_size=batch_size, num_workers=workers), transform
+    return DataLoader(Subset(source, rows), batch_size=batch_size, num_workers=workers), transform
 
 
 def folder_images(folder: Path) -> MultilabelImages:
@@ -62,8 +68,8 @@ def folder_images(folder: Path) -> MultilabelImages:
     if not files:
         raise MlicError(f"{folder}: no images")
     files.sort(key=lambda p: (image_number(p.name) is None, image_number(p.name) or 0, p.name))
-    return MultilabelImages([], np.zeros((len(files), 0), np.uint8), [p.name for p in files],
-                            lambda i: open_rgb(files[i]), str(folder), "predict")
+    return MultilabelImages([], np.zeros((len(files), 0), np.uint8), [p.name for p in files], ReadFiles(files),
+                            str(folder), "predict")
 
 
 def infer(model, loader, transform) -> np.ndarray:
@@ -87,11 +93,7 @@ def predict_command(model_dir: str, images: str, out: str | None, probs_path: st
     model, meta = load_exported(model_dir)
     cfg = config_from_dict(meta["config"])
     dataset = folder_images(Path(images))
-    files = [Path(dataset.source) / n for n in dataset.names]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        problems = {i: p for i, p in enumerate(pool.map(image_problem, files)) if p}
+    problems = {p.row: p.text for p in decode_problems(dataset, workers)}
     for problem in problems.values():
         print(problem, file=sys.stderr)
     if problems and not allow_bad:
@@ -99,7 +101,7 @@ def predict_command(model_dir: str, images: str, out: str | None, probs_path: st
               "for them)", file=sys.stderr)
         return 1
     good = np.array([i for i in range(len(dataset)) if i not in problems], dtype=np.int64)
-    loader, transform = _eval_inputs(dataset.subset(good), cfg, meta, batch_size, workers)
+    loader, transform = _eval_inputs(dataset, good, cfg, meta, batch_size, workers)
     probs = np.zeros((len(dataset), len(meta["label_names"])), dtype=np.float32)
     if len(good):
         probs[good] = infer(model, loader, transform)
@@ -124,10 +126,11 @@ def predict_command(model_dir: str, images: str, out: str | None, probs_path: st
 
 def evaluate_model(model_dir: str, data_root: str | None, split: str = "val", batch_size: int = 256, workers: int = 2,
                    fmt: str | None = None):
-    """Metrics of the exported model on a dataset: (summary dict, per-label rows, probs, targets, dataset).
+    """Metrics of the exported model on a dataset: (summary dict, per-label rows, probs, targets, dataset,
+    rows), where probs and targets are those of `rows` of the full `dataset`, in that order.
 
     `split="val"` re-derives the run's validation split (same fraction and seed), so the figures match
-    the run's own `val` line; `all` scores every image."""
+    the run's own `val` line; `all` scores every image (less the unreadable ones under data.skip_bad)."""
     model, meta = load_exported(model_dir)
     cfg = config_from_dict(meta["config"])
     if data_root is not None:
@@ -135,32 +138,31 @@ def evaluate_model(model_dir: str, data_root: str | None, split: str = "val", ba
     if fmt is not None:
         cfg.data.format = fmt
     if split == "val":
-        dataset, _, val_idx = load_split(cfg)
-        dataset = dataset.subset(val_idx)
+        dataset, _, rows = load_split(cfg)
     else:
-        dataset = load_dataset(cfg.data)
+        dataset, rows = load_dataset(cfg.data, workers=max(2, workers))
     if dataset.label_names != meta["label_names"]:
         raise MlicError(f"{cfg.data.root}: labels {dataset.label_names} differ from the model's {meta['label_names']}")
-    loader, transform = _eval_inputs(dataset, cfg, meta, batch_size, workers)
+    loader, transform = _eval_inputs(dataset, rows, cfg, meta, batch_size, workers)
     probs = infer(model, loader, transform)
-    targets = dataset.targets
+    targets = dataset.targets[rows]
     summary = compute_metrics(targets, probs)
     summary.update(tuned_metrics(targets, probs, np.asarray(meta["thresholds"])))
-    summary["images"] = len(dataset)
-    rows = per_label_metrics(targets, probs, meta["label_names"], np.asarray(meta["thresholds"]))
-    return summary, rows, probs, targets, dataset
+    summary["images"] = len(rows)
+    per_label = per_label_metrics(targets, probs, meta["label_names"], np.asarray(meta["thresholds"]))
+    return summary, per_label, probs, targets, dataset, rows
 
 
 def evaluate_command(model_dir: str, data_root: str | None, split: str, json_out: str | None, fmt: str | None) -> int:
     from accelerate.state import PartialState
 
-    summary, rows, *_ = evaluate_model(model_dir, data_root, split, fmt=fmt)
+    summary, per_label, *_ = evaluate_model(model_dir, data_root, split, fmt=fmt)
     if not PartialState().is_main_process:
         return 0
     print(f"{'label':10s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'AP':>6s} {'support':>7s}  (tuned thresholds)")
-    for r in rows:
+    for r in per_label:
         print(f"{r['label']:10s} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f} {r['AP']:6.3f} {r['support']:7d}")
     print("  ".join(f"{k} {summary[k]:.4f}" for k in ("accuracy", "f1_micro", "f1_macro", "mAP", "f1_macro_tuned")))
     if json_out:
-        Path(json_out).write_text(json.dumps({"summary": summary, "per_label": rows}, indent=2))
+        Path(json_out).write_text(json.dumps({"summary": summary, "per_label": per_label}, indent=2))
     return 0

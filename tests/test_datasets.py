@@ -1,3 +1,6 @@
+import dataclasses
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +9,7 @@ from PIL import Image
 from mlic.config import DataConfig
 from mlic.data.datasets import load_csv, load_dataset, load_helsinki, load_hf, stratified_split
 from mlic.data.demo import LABELS
+from mlic.data.formats import parse_helsinki
 from mlic.errors import DataError
 
 
@@ -32,6 +36,47 @@ def test_helsinki_targets_modes_and_unlabelled_images(tmp_path):
         assert ds.read(i).mode == "RGB"
     x, y, i = ds[1]  # an image in no annotation file: all-zero target, still a sample
     assert y.dtype == torch.float32 and y.tolist() == [0.0, 0.0] and i == 1
+
+
+def test_a_dataset_is_immutable_and_survives_pickling(demo_dir):
+    ds = load_helsinki(demo_dir)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ds.targets = np.zeros_like(ds.targets)
+    with pytest.raises(ValueError, match="read-only"):
+        ds.targets[0, 0] = 1
+    copy = pickle.loads(pickle.dumps(ds))  # DataLoader workers under the spawn start method pickle it
+    assert copy.names == ds.names and np.array_equal(np.asarray(copy.read(3)), np.asarray(ds.read(3)))
+
+
+def test_the_parser_returns_the_dataset_and_every_problem(tmp_path):
+    images = {n: Image.new("RGB", (8, 8)) for n in (1, 2, 3)}
+    root = _helsinki(tmp_path / "d", images, {"dog": ["1", "x", "0", "2", "1"], "cat": ["7"]})
+    (root / "images" / "im02.jpg").write_bytes((root / "images" / "im2.jpg").read_bytes())
+    ds, problems = parse_helsinki(root)
+    np.testing.assert_array_equal(ds.targets, [[0, 1], [0, 1], [0, 0]])  # the good lines still count
+    expected = ["im2.jpg: same image number as im02.jpg", "cat.txt:1: image im7.jpg not found",
+                "dog.txt:2: 'x' is not an image number", "dog.txt:3: image number 0 out of range",
+                "dog.txt:5: duplicate of line 1 (image 1)"]
+    assert len(problems) == len(expected) and all(p.row is None for p in problems)
+    for needle in expected:
+        assert sum(needle in p.text for p in problems) == 1, (needle, problems)
+    with pytest.raises(DataError, match=r"dog\.txt:2: 'x' is not an image number"):
+        load_helsinki(root)  # training's loader raises on the same problems
+
+
+def test_skip_bad_leaves_only_unreadable_images_out(tmp_path):
+    images = {n: Image.new("RGB", (8, 8)) for n in (1, 2, 3, 4)}
+    root = _helsinki(tmp_path / "d", images, {"dog": ["1", "2"]})
+    (root / "images" / "im3.jpg").write_bytes(b"")
+    ds, rows = load_dataset(DataConfig(root=str(root), skip_bad=False))  # images are decoded later (the cache)
+    assert rows.tolist() == [0, 1, 2, 3]
+    with pytest.raises(DataError, match=r"im3\.jpg: cannot read image: zero-byte file"):
+        ds.read(2)
+    ds, rows = load_dataset(DataConfig(root=str(root), skip_bad=True))
+    assert len(ds) == 4 and rows.tolist() == [0, 1, 3]
+    (root / "annotations" / "dog.txt").write_text("1\n9\n")  # not an image problem: skip_bad does not skip it
+    with pytest.raises(DataError, match=r"dog\.txt:2: image im9\.jpg not found"):
+        load_dataset(DataConfig(root=str(root), skip_bad=True))
 
 
 def test_helsinki_without_annotations_is_a_test_set(tmp_path):

@@ -1,99 +1,165 @@
-"""One dataset interface for every format: sample i = (image, multi-hot float target, i)."""
+"""The dataset object every format produces, image decoding, and loading one by config.
+
+A dataset is built once, by its format's parser (`mlic.data.formats`), and never changes: row i is
+the image `read(i)` with target `targets[i]`. Splits, and the rows left out under `data.skip_bad`, are
+`torch.utils.data.Subset`s of it, so a row number always means a row of the full dataset.
+"""
 
 from __future__ import annotations
 
-import csv
+import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mlic.errors import DataError
 
 IMAGE_NAME = re.compile(r"^im(\d+)\.jpe?g$", re.IGNORECASE)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SHOWN_PROBLEMS = 5  # a training error names this many problems; `mlic check-data` lists them all
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Decode an image fully and convert it to RGB (grayscale, CMYK, palette and alpha images too)."""
+def open_rgb(path: str | Path | IO[bytes], name: str | None = None) -> Image.Image:
+    """Decode an image fully and convert it to RGB (grayscale, CMYK, palette and alpha images too).
+
+    The one place images are decoded: training, the cache, `check-data` and prediction all come here,
+    so an image `check-data` passes is one training can read, with the same error text when not."""
     try:
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc}); run `mlic check-data` on the dataset") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise DataError(f"{name or path}: cannot read image: {_why_unreadable(path, exc)}") from None
 
 
+def _why_unreadable(path, exc: Exception) -> str:
+    if isinstance(path, (str, Path)) and os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "zero-byte file"
+    text = str(exc)
+    if "truncated" in text:  # only a full decode shows it: Image.open alone reads the header
+        return f"truncated image ({text})"
+    return f"not a readable image ({type(exc).__name__}: {text})"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset, as one line naming the file (and line). `row` is set when the
+    problem is an unreadable image: that row can be left out (`data.skip_bad`) instead of stopping."""
+
+    text: str
+    row: int | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class ReadFiles:
+    """`read` for file-based formats: row i is `paths[i]` (a class, not a lambda: workers may pickle it)."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = list(paths)
+
+    def __call__(self, i: int) -> Image.Image:
+        return open_rgb(self.paths[i])
+
+
+@dataclass(frozen=True, eq=False)
 class MultilabelImages(torch.utils.data.Dataset):
-    """Images with multi-hot targets, whatever their source.
+    """Every row of one source, immutable: sample i = (RGB PIL image, multi-hot float target, i).
 
-    `targets` is an (N, C) uint8 array (all zeros for an image with no label); `names` are file names
-    (for results files and error analysis); `read(i)` returns image i as an RGB PIL image. `indices`
-    restricts the dataset to a subset without copying anything.
+    `targets` is a read-only (N, C) uint8 array (all zeros for an image with no label); `names` are
+    file names (for results files and error analysis); `read(i)` decodes row i through `open_rgb`;
+    `fingerprint` changes when the source changes and keys the decoded cache.
     """
 
-    def __init__(
-        self,
-        label_names: Sequence[str],
-        targets: np.ndarray,
-        names: Sequence[str],
-        read: Callable[[int], Image.Image],
-        source: str,
-        fingerprint: str,
-        indices: np.ndarray | None = None,
-        transform: Callable | None = None,
-    ):
-        self.label_names = list(label_names)
-        self.all_targets = targets.astype(np.uint8, copy=False)
-        self.all_names = list(names)
-        self.read_base = read
-        self.source = source
-        self.fingerprint = fingerprint  # changes when the source changes: keys the decoded cache
-        self.indices = np.arange(len(names)) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.transform = transform
-        self.skipped: list[int] = []  # rows left out as unreadable (data.skip_bad)
+    label_names: list[str]
+    targets: np.ndarray
+    names: list[str]
+    read: Callable[[int], Image.Image]
+    source: str
+    fingerprint: str
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    @property
-    def targets(self) -> np.ndarray:
-        return self.all_targets[self.indices]
-
-    @property
-    def names(self) -> list[str]:
-        return [self.all_names[i] for i in self.indices]
+    def __post_init__(self):
+        targets = np.asarray(self.targets, dtype=np.uint8).view()  # a read-only view, not a copy
+        targets.setflags(write=False)
+        object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "label_names", list(self.label_names))
+        object.__setattr__(self, "names", list(self.names))
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
 
-    def read(self, i: int) -> Image.Image:
-        return self.read_base(int(self.indices[i]))
-
-    def subset(self, indices: np.ndarray, transform: Callable | None = None) -> MultilabelImages:
-        return MultilabelImages(
-            self.label_names, self.all_targets, self.all_names, self.read_base, self.source,
-            self.fingerprint, self.indices[np.asarray(indices)], transform,
-        )
+    def __len__(self) -> int:
+        return len(self.names)
 
     def __getitem__(self, i: int):
-        image = self.read(i)
-        x = self.transform(image) if self.transform is not None else image
-        return x, torch.from_numpy(self.all_targets[self.indices[i]].astype(np.float32)), i
+        i = int(i)
+        return self.read(i), torch.from_numpy(self.targets[i].astype(np.float32)), i
 
 
-def _file_fingerprint(paths: Sequence[Path], extra: str) -> str:
-    import hashlib
+class Transformed(torch.utils.data.Dataset):
+    """`dataset` with a per-image transform applied as it is read (the per-image path); same rows."""
 
-    h = hashlib.sha1(extra.encode())
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+    def __init__(self, dataset: torch.utils.data.Dataset, transform: Callable):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, row: int):
+        image, target, row = self.dataset[row]
+        return self.transform(image), target, row
+
+
+def decode_problems(dataset: MultilabelImages, workers: int = 4) -> list[Problem]:
+    """Decode every row once; a Problem (with its row) for each image that cannot be read."""
+
+    def problem(i: int) -> Problem | None:
+        try:
+            dataset.read(i)
+        except DataError as exc:
+            return Problem(str(exc), row=i)
+        return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL releases the GIL while decoding
+        return [p for p in pool.map(problem, range(len(dataset))) if p is not None]
+
+
+def check_command(fmt: str, root, image_column: str = "image", label_column: str = "labels",
+                  split: str = "train") -> str:
+    """The `mlic check-data` command that lists every problem of this dataset."""
+    flags = "" if fmt == "helsinki" else f" --format {fmt}"
+    if fmt == "hf":
+        defaults = {"--image-column": "image", "--label-column": "labels", "--split": "train"}
+        given = {"--image-column": image_column, "--label-column": label_column, "--split": split}
+        flags += "".join(f" {flag} {value}" for flag, value in given.items() if value != defaults[flag])
+    return f"mlic check-data{flags} {root}"
+
+
+def usable_rows(dataset: MultilabelImages | None, problems: Sequence[Problem], check: str,
+                skip_unreadable: bool = False) -> np.ndarray:
+    """The rows to use: every row, less the unreadable images when `skip_unreadable`. Any other problem
+    (or an unreadable image without `skip_unreadable`) is a DataError naming the first few; `check` is
+    the command that lists them all."""
+    blocking = [p for p in problems if not (skip_unreadable and p.row is not None)]
+    if blocking or dataset is None:
+        shown = [p.text for p in blocking[:SHOWN_PROBLEMS]]
+        if len(blocking) > SHOWN_PROBLEMS:
+            shown.append(f"... and {len(blocking) - SHOWN_PROBLEMS} more")
+        hint = f"`{check}` lists every problem"
+        if any(p.row is not None for p in blocking):
+            hint += "; data.skip_bad=true leaves unreadable images out of training"
+        raise DataError("\n".join([*shown, hint]))
+    skipped = {p.row for p in problems if p.row is not None}
+    return np.array([i for i in range(len(dataset)) if i not in skipped], dtype=np.int64)
 
 
 def image_number(name: str) -> int | None:
@@ -101,171 +167,53 @@ def image_number(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def list_helsinki_images(images_dir: Path) -> list[Path]:
-    """The corpus images in image-number order (im1.jpg, im2.jpg, ... im20001.jpg for the test set)."""
-    if not images_dir.is_dir():
-        raise DataError(f"{images_dir}: images folder not found (expected ROOT/images/im{{N}}.jpg)")
-    files = [p for p in images_dir.iterdir() if image_number(p.name) is not None]
-    if not files:
-        raise DataError(f"{images_dir}: no images named im{{N}}.jpg")
-    return sorted(files, key=lambda p: image_number(p.name))
-
-
-def annotation_lines(path: Path) -> Iterator[tuple[int, str, int | None]]:
-    """(line number, text, image number or None when not an integer) for each non-blank line."""
-    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        text = line.strip()
-        if text:
-            try:
-                yield lineno, text, int(text)
-            except ValueError:
-                yield lineno, text, None
-
-
-def read_annotation(path: Path, known_numbers: set[int]) -> set[int]:
-    numbers = set()
-    for lineno, text, number in annotation_lines(path):
-        if number is None:
-            raise DataError(f"{path}:{lineno}: {text!r} is not an image number")
-        if number not in known_numbers:
-            raise DataError(f"{path}:{lineno}: image im{number}.jpg not found in images/")
-        numbers.add(number)
-    return numbers
-
-
 def load_helsinki(root: str | Path) -> MultilabelImages:
-    """ROOT/images/im{N}.jpg and ROOT/annotations/{label}.txt (1-based image numbers).
+    """The helsinki parser's dataset; a DataError on any problem it finds (images are not decoded)."""
+    from mlic.data.formats import parse_helsinki
 
-    Without an annotations folder the images are a test set: no labels, all-zero targets.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data.root {root}: folder not found")
-    files = list_helsinki_images(root / "images")
-    numbers = [image_number(p.name) for p in files]
-    row_of = {n: i for i, n in enumerate(numbers)}
-    ann_dir = root / "annotations"
-    label_names: list[str] = []
-    targets = np.zeros((len(files), 0), dtype=np.uint8)
-    ann_files: list[Path] = []
-    if ann_dir.exists():
-        ann_files = sorted(ann_dir.glob("*.txt"))
-        if not ann_files:
-            raise DataError(f"{ann_dir}: annotations folder has no {{label}}.txt files")
-        label_names = [p.stem for p in ann_files]
-        targets = np.zeros((len(files), len(ann_files)), dtype=np.uint8)
-        known = set(numbers)
-        for c, path in enumerate(ann_files):
-            for n in read_annotation(path, known):
-                targets[row_of[n], c] = 1
-    return MultilabelImages(
-        label_names, targets, [p.name for p in files], lambda i: open_rgb(files[i]), str(root),
-        _file_fingerprint(files + ann_files, "helsinki"),
-    )
+    dataset, problems = parse_helsinki(root)
+    usable_rows(dataset, problems, check_command("helsinki", root))
+    return dataset
 
 
 def load_csv(root: str | Path) -> MultilabelImages:
-    """ROOT/labels.csv (or data.csv) with columns path,labels; labels '|'-separated, may be empty."""
-    root = Path(root)
-    manifest = next((root / n for n in ("labels.csv", "data.csv") if (root / n).is_file()), None)
-    if manifest is None:
-        raise DataError(f"{root}: no labels.csv or data.csv")
-    rows: list[tuple[Path, list[str]]] = []
-    with manifest.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"path", "labels"} <= set(reader.fieldnames):
-            raise DataError(f"{manifest}:1: header must have columns path,labels (found {reader.fieldnames})")
-        for lineno, row in enumerate(reader, start=2):
-            path = root / (row["path"] or "").strip()
-            if not row["path"] or not path.is_file():
-                raise DataError(f"{manifest}:{lineno}: image {row['path']!r} not found")
-            labels = [s.strip() for s in (row["labels"] or "").split("|") if s.strip()]
-            rows.append((path, labels))
-    if not rows:
-        raise DataError(f"{manifest}: no rows")
-    label_names = sorted({label for _, labels in rows for label in labels})
-    col = {name: c for c, name in enumerate(label_names)}
-    targets = np.zeros((len(rows), len(label_names)), dtype=np.uint8)
-    for i, (_, labels) in enumerate(rows):
-        targets[i, [col[label] for label in labels]] = 1
-    paths = [p for p, _ in rows]
-    return MultilabelImages(
-        label_names, targets, [str(p.relative_to(root)) for p in paths], lambda i: open_rgb(paths[i]),
-        str(manifest), _file_fingerprint([manifest, *paths], "csv"),
-    )
+    from mlic.data.formats import parse_csv
+
+    dataset, problems = parse_csv(root)
+    usable_rows(dataset, problems, check_command("csv", root))
+    return dataset
 
 
-def load_hf(root: str, image_column: str, label_column: str, split: str) -> MultilabelImages:
-    """A Hugging Face dataset (a `save_to_disk` folder or a hub name) with an image column and either a
-    list-of-labels column (class ids or names) or a multi-hot column."""
-    import datasets
+def load_hf(root: str, image_column: str = "image", label_column: str = "labels", split: str = "train"
+            ) -> MultilabelImages:
+    from mlic.data.formats import parse_hf
 
-    try:
-        if Path(root).is_dir():
-            ds = datasets.load_from_disk(root)
-        else:
-            ds = datasets.load_dataset(root, split=split)
-    except Exception as exc:  # datasets raises many types for a missing or offline dataset
-        raise DataError(
-            f"data.root {root}: cannot load the Hugging Face dataset ({exc}). Give a `save_to_disk` folder "
-            "or a hub name reachable from here (HF_HUB_OFFLINE=1 uses the local cache only)."
-        ) from None
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise DataError(f"data.root {root}: no split {split!r} (has {', '.join(ds)}); set data.hf_split")
-        ds = ds[split]
-    for column in (image_column, label_column):
-        if column not in ds.column_names:
-            raise DataError(f"data.root {root}: no column {column!r} (has {', '.join(ds.column_names)})")
-    label_names, targets = _hf_targets(ds[label_column], ds.features[label_column], f"{root}:{label_column}")
-    images = ds.cast_column(image_column, datasets.Image(decode=True))
-
-    def read(i: int) -> Image.Image:
-        return images[int(i)][image_column].convert("RGB")
-
-    names = [f"{i}" for i in range(len(ds))]
-    return MultilabelImages(label_names, targets, names, read, str(root), f"hf-{ds._fingerprint}")
+    dataset, problems = parse_hf(root, image_column, label_column, split)
+    usable_rows(dataset, problems, check_command("hf", root, image_column, label_column, split))
+    return dataset
 
 
-def _hf_targets(raw: list, feature, where: str) -> tuple[list[str], np.ndarray]:
-    """Label lists (ClassLabel ids or names) or multi-hot rows -> (label names, (N, C) uint8)."""
-    import datasets
+def load_dataset(cfg_data, workers: int = 4) -> tuple[MultilabelImages, np.ndarray]:
+    """The dataset named by a DataConfig (`data.root` None means the embedded demo corpus) and the rows
+    to use: all of them, less the unreadable images under `data.skip_bad` (found by decoding every
+    image, which happens only then). Any other problem is a DataError."""
+    from mlic.data.formats import parse
 
-    inner = getattr(feature, "feature", None)
-    if inner is None and isinstance(feature, list) and feature:  # datasets may give a plain list
-        inner = feature[0]
-    if isinstance(inner, datasets.ClassLabel):
-        names, col = list(inner.names), None
-    elif any(r and isinstance(r[0], str) for r in raw):
-        names = sorted({name for labels in raw for name in labels})
-        col = {name: c for c, name in enumerate(names)}
-    else:
-        widths = {len(r) for r in raw}
-        if len(widths) != 1 or not all(set(r) <= {0, 1} for r in raw):
-            raise DataError(f"{where}: neither label lists nor equal-length 0/1 multi-hot rows")
-        return [f"label_{c}" for c in range(widths.pop())], np.asarray(raw, dtype=np.uint8)
-    targets = np.zeros((len(raw), len(names)), dtype=np.uint8)
-    for i, labels in enumerate(raw):
-        targets[i, [col[x] for x in labels] if col else list(labels)] = 1
-    return names, targets
-
-
-def load_dataset(cfg_data) -> MultilabelImages:
-    """The dataset named by a DataConfig (`data.root` None means the embedded demo corpus)."""
     root = cfg_data.root
     if root is None:
         from mlic.data.demo import demo_root
 
         root = str(demo_root(cfg_data.demo_images, cfg_data.demo_seed))
-    if cfg_data.format == "helsinki":
-        return load_helsinki(root)
-    if cfg_data.format == "csv":
-        return load_csv(root)
-    return load_hf(root, cfg_data.image_column, cfg_data.label_column, cfg_data.hf_split)
+    dataset, problems = parse(cfg_data.format, root, image_column=cfg_data.image_column,
+                              label_column=cfg_data.label_column, split=cfg_data.hf_split,
+                              decode=cfg_data.skip_bad, workers=workers)
+    check = check_command(cfg_data.format, root, cfg_data.image_column, cfg_data.label_column, cfg_data.hf_split)
+    return dataset, usable_rows(dataset, problems, check, skip_unreadable=cfg_data.skip_bad)
 
 
 def stratified_split(targets: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Iterative stratification (Sechidis et al. 2011) for multi-label data, fixed by `seed`."""
+    """Iterative stratification (Sechidis et al. 2011) for multi-label data, fixed by `seed`.
+    Returns sorted positions into `targets`."""
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
     if not 0 < val_fraction < 1:

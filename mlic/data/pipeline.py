@@ -1,16 +1,21 @@
-"""From a config to DataLoaders and on-device transforms: the split, the sampler, the cache."""
+"""From a config to DataLoaders and on-device transforms: the split, the sampler, the cache.
+
+One index space: `train_idx`, `val_idx` and the third element of every sample are rows of the full,
+immutable dataset; `Data.train` and `Data.val` are `torch.utils.data.Subset`s over them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from mlic.data.cache import CachedImages, build_cache, collate_batch
-from mlic.data.datasets import MultilabelImages, load_dataset, stratified_split
+from mlic.data.datasets import MultilabelImages, Transformed, load_dataset, stratified_split
 from mlic.data.demo import cache_home
 from mlic.data.transforms import DeviceTransform, per_image_transform
 from mlic.errors import ConfigError, DataError
@@ -19,11 +24,25 @@ from mlic.sampler import MultilabelBalancedSampler, ShuffleSampler
 CACHE_AUTO_LIMIT = 32 * 2**30  # bytes: above this, `data.cache=auto` decodes per image instead
 
 
+class Split(NamedTuple):
+    """The full dataset and the rows of it for training and for validation (sorted, disjoint). Under
+    `data.skip_bad` the unreadable rows are in neither: `skipped` lists them."""
+
+    dataset: MultilabelImages
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+    @property
+    def skipped(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(len(self.dataset)), np.concatenate([self.train_idx, self.val_idx]))
+
+
 @dataclass
 class Data:
-    dataset: MultilabelImages  # the whole labelled dataset
-    train: MultilabelImages
-    val: MultilabelImages
+    dataset: MultilabelImages  # the full dataset: train and val are Subsets of it, by its rows
+    train: Subset
+    val: Subset
+    train_targets: np.ndarray  # (n_train, C) uint8: the training split's targets, in `train` order
     train_loader: DataLoader
     val_loader: DataLoader
     sampler: ShuffleSampler | MultilabelBalancedSampler
@@ -54,24 +73,8 @@ def use_cache(cfg_data, num_images: int) -> bool:
     return cfg_data.cache == "on"
 
 
-def unreadable_images(dataset: MultilabelImages, workers: int = 4) -> list[int]:
-    """Rows (of the full dataset) whose image cannot be decoded."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def bad(i: int) -> bool:
-        try:
-            dataset.read_base(i)
-        except DataError:
-            return True
-        return False
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        return [i for i, b in enumerate(pool.map(bad, range(len(dataset.all_names)))) if b]
-
-
-def load_split(cfg) -> tuple[MultilabelImages, np.ndarray, np.ndarray]:
-    """The labelled dataset (without unreadable images when `data.skip_bad`) and its train/val split."""
-    dataset = load_dataset(cfg.data)
+def check_labels(cfg, dataset: MultilabelImages) -> None:
+    """The data's labels against what the config says they are."""
     if dataset.num_labels == 0:
         raise DataError(f"{dataset.source}: no labels (a folder without annotations/ is a test set: use `mlic predict`)")
     if cfg.data.labels is not None and list(cfg.data.labels) != dataset.label_names:
@@ -84,56 +87,67 @@ def load_split(cfg) -> tuple[MultilabelImages, np.ndarray, np.ndarray]:
             f"config key 'model.num_labels' is {cfg.model.num_labels} but the data has {dataset.num_labels} labels "
             f"({', '.join(dataset.label_names)}); remove the key or fix the data"
         )
-    if cfg.data.skip_bad:
-        bad = set(unreadable_images(dataset, max(2, cfg.data.num_workers)))
-        dataset = dataset.subset(np.array([i for i in range(len(dataset)) if i not in bad], dtype=np.int64))
-        dataset.skipped = sorted(bad)
-    train_idx, val_idx = stratified_split(dataset.targets, cfg.data.val_fraction, cfg.data.seed)
-    return dataset, train_idx, val_idx
 
 
-def build_sampler(cfg, train: MultilabelImages):
+def load_split(cfg) -> Split:
+    """The labelled dataset and its stratified train/val split, as rows of the dataset. Problems in the
+    data are a DataError here, except unreadable images under `data.skip_bad`: those rows are left out
+    of both sides (found by decoding every image, which happens only then)."""
+    dataset, rows = load_dataset(cfg.data, workers=max(2, cfg.data.num_workers))
+    check_labels(cfg, dataset)
+    train, val = stratified_split(dataset.targets[rows], cfg.data.val_fraction, cfg.data.seed)
+    return Split(dataset, rows[train], rows[val])
+
+
+def build_sampler(cfg, targets: np.ndarray, label_names: list[str]):
+    """The training sampler over positions 0..len(targets)-1 of the training split."""
     if cfg.sampler.name == "balanced":
         try:
             return MultilabelBalancedSampler(
-                train.targets, cfg.sampler.class_choice, cfg.sampler.num_samples, cfg.sampler.empty_share,
-                seed=cfg.train.seed, label_names=train.label_names,
+                targets, cfg.sampler.class_choice, cfg.sampler.num_samples, cfg.sampler.empty_share,
+                seed=cfg.train.seed, label_names=label_names,
             )
         except ValueError as exc:
             raise ConfigError(f"sampler: {exc}") from None
-    return ShuffleSampler(len(train), seed=cfg.train.seed)
+    return ShuffleSampler(len(targets), seed=cfg.train.seed)
 
 
-def build_data(cfg, accelerator, split, preprocess, channels_last: bool) -> Data:
-    """Loaders and transforms for `split` (from `load_split`). The cache is built once per node."""
+def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) -> Data:
+    """Loaders and transforms for `split` (from `load_split`); `preprocess.size` is the model's input
+    side. The cache is built once per node and holds only the rows of the split."""
     dataset, train_idx, val_idx = split
-    size = cfg.data.image_size or preprocess.size
-    cached = use_cache(cfg.data, len(dataset.all_names))
+    size = preprocess.size
+    used = np.union1d(train_idx, val_idx)
+    cached = use_cache(cfg.data, len(dataset))  # the cache file has a slot for every row
     world = accelerator.num_processes
     common = {"num_workers": cfg.data.num_workers, "pin_memory": torch.cuda.is_available(),
               "persistent_workers": cfg.data.num_workers > 0}
     if cached:
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else cache_home() / "images"
+        rows = None if len(used) == len(dataset) else used
         with accelerator.local_main_process_first():
-            path = build_cache(dataset, cfg.data.cache_size, cache_dir, workers=max(2, cfg.data.num_workers),
-                               skip=set(dataset.skipped))
-        train, val = dataset.subset(train_idx), dataset.subset(val_idx)
-        train_set, val_set = CachedImages(train, path), CachedImages(val, path)
+            try:
+                path = build_cache(dataset, cfg.data.cache_size, cache_dir, max(2, cfg.data.num_workers), rows)
+            except DataError as exc:  # an unreadable image: the cache is the first to decode every one
+                raise DataError(f"{exc}\n`mlic check-data` on the dataset lists every problem; data.skip_bad=true "
+                                "leaves unreadable images out of training") from None
+        train_source = val_source = CachedImages(path, dataset.targets)
         common["collate_fn"] = collate_batch
         train_transform = DeviceTransform(size, preprocess.mean, preprocess.std, cfg.augment, channels_last)
         eval_transform = DeviceTransform(size, preprocess.mean, preprocess.std, None, channels_last)
     else:
-        train = dataset.subset(train_idx, per_image_transform(size, preprocess.mean, preprocess.std, cfg.augment))
-        val = dataset.subset(val_idx, per_image_transform(size, preprocess.mean, preprocess.std))
-        train_set, val_set = train, val
+        train_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std, cfg.augment))
+        val_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std))
         train_transform = eval_transform = PassThrough(channels_last)
+    train, val = Subset(train_source, train_idx), Subset(val_source, val_idx)
     if len(train) < cfg.train.batch_size * world:
         raise ConfigError(
             f"config key 'train.batch_size': {cfg.train.batch_size} per process x {world} processes is more than "
             f"the {len(train)} training images; lower it"
         )
-    sampler = build_sampler(cfg, train)
-    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True, **common)
-    val_loader = DataLoader(val_set, batch_size=cfg.train.eval_batch_size, shuffle=False, **common)
-    return Data(dataset, train, val, train_loader, val_loader, sampler, train_transform, eval_transform, cached,
-                len(dataset.skipped))
+    train_targets = dataset.targets[train_idx]
+    sampler = build_sampler(cfg, train_targets, dataset.label_names)
+    train_loader = DataLoader(train, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True, **common)
+    val_loader = DataLoader(val, batch_size=cfg.train.eval_batch_size, shuffle=False, **common)
+    return Data(dataset, train, val, train_targets, train_loader, val_loader, sampler, train_transform,
+                eval_transform, cached, skipped_images=len(dataset) - len(used))

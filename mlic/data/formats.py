@@ -1,0 +1,257 @@
+"""One parser per dataset format: `parse_<format>(root, ...) -> (dataset or None, problems)`.
+
+Training raises on the problems (`datasets.load_dataset`, which may leave unreadable images out under
+`data.skip_bad`); `mlic check-data` prints them. A parser collects every problem it can instead of
+stopping at the first; the dataset is None only when nothing usable could be built.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mlic.data.datasets import (
+    MultilabelImages,
+    Problem,
+    ReadFiles,
+    decode_problems,
+    image_number,
+    open_rgb,
+)
+from mlic.errors import DataError
+
+Parsed = tuple[MultilabelImages | None, list[Problem]]
+
+
+def _file_fingerprint(paths: Sequence[Path], extra: str) -> str:
+    h = hashlib.sha1(extra.encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def parse(fmt: str, root, *, image_column: str = "image", label_column: str = "labels", split: str = "train",
+          labels: Collection[str] | None = None, decode: bool = False, workers: int = 4) -> Parsed:
+    """The format's parser; with `decode`, also every image that cannot be decoded (a Problem with its
+    row). `labels`: the known label names; others are problems."""
+    if fmt == "helsinki":
+        dataset, problems = parse_helsinki(root, labels)
+    elif fmt == "csv":
+        dataset, problems = parse_csv(root, labels)
+    elif fmt == "hf":
+        dataset, problems = parse_hf(root, image_column, label_column, split, labels)
+    else:
+        raise DataError(f"data.format {fmt!r}: expected helsinki, csv or hf")
+    if decode and dataset is not None:
+        problems += decode_problems(dataset, workers)
+    return dataset, problems
+
+
+def parse_helsinki(root, labels: Collection[str] | None = None) -> Parsed:
+    """ROOT/images/im{N}.jpg and ROOT/annotations/{label}.txt (1-based image numbers, one per line).
+
+    Rows are in image-number order. Without an annotations folder the images are a test set: no labels,
+    all-zero targets."""
+    root = Path(root)
+    images_dir = root / "images"
+    if not root.is_dir():
+        return None, [Problem(f"{root}: folder not found")]
+    if not images_dir.is_dir():
+        return None, [Problem(f"{images_dir}: images folder not found (expected ROOT/images/im{{N}}.jpg)")]
+    problems: list[Problem] = []
+    files: dict[int, Path] = {}
+    for p in sorted(images_dir.iterdir()):
+        n = image_number(p.name)
+        if n is None:
+            problems.append(Problem(f"{p}: unexpected file name (expected im{{N}}.jpg)"))
+        elif n in files:
+            problems.append(Problem(f"{p}: same image number as {files[n].name}"))
+        else:
+            files[n] = p
+    if not files:
+        return None, [*problems, Problem(f"{images_dir}: no images named im{{N}}.jpg")]
+    paths = [files[n] for n in sorted(files)]
+    row_of = {n: i for i, n in enumerate(sorted(files))}
+    label_names: list[str] = []
+    targets = np.zeros((len(paths), 0), dtype=np.uint8)
+    ann_files: list[Path] = []
+    if (root / "annotations").is_dir():
+        ann_files, targets, ann_problems = _annotations(root / "annotations", row_of, labels)
+        label_names = [p.stem for p in ann_files]
+        problems += ann_problems
+    dataset = MultilabelImages(label_names, targets, [p.name for p in paths], ReadFiles(paths), str(root),
+                               _file_fingerprint(paths + ann_files, "helsinki"))
+    return dataset, problems
+
+
+def _annotations(ann_dir: Path, row_of: dict[int, int], labels: Collection[str] | None):
+    """(annotation files, (N, C) targets, problems) of ROOT/annotations/{label}.txt."""
+    problems: list[Problem] = []
+    ann_files = sorted(p for p in ann_dir.glob("*.txt") if p.is_file())
+    if not ann_files:
+        problems.append(Problem(f"{ann_dir}: annotations folder has no {{label}}.txt files"))
+    for other in sorted(set(ann_dir.iterdir()) - set(ann_files)):
+        problems.append(Problem(f"{other}: not an annotation file (expected {{label}}.txt)"))
+    targets = np.zeros((len(row_of), len(ann_files)), dtype=np.uint8)
+    images_dir = ann_dir.parent / "images"
+    for c, path in enumerate(ann_files):
+        if labels is not None and path.stem not in labels:
+            problems.append(Problem(f"{path}: unknown label {path.stem!r} (known: {', '.join(sorted(labels))})"))
+        seen: dict[int, int] = {}
+        for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                n = int(text)
+            except ValueError:
+                problems.append(Problem(f"{path}:{lineno}: {text!r} is not an image number"))
+                continue
+            if n < 1:
+                problems.append(Problem(f"{path}:{lineno}: image number {n} out of range (numbers start at 1)"))
+            elif n not in row_of:
+                problems.append(Problem(f"{path}:{lineno}: image im{n}.jpg not found in {images_dir}"))
+            else:
+                targets[row_of[n], c] = 1
+            if n in seen:
+                problems.append(Problem(f"{path}:{lineno}: duplicate of line {seen[n]} (image {n})"))
+            seen.setdefault(n, lineno)
+    return ann_files, targets, problems
+
+
+def parse_csv(root, labels: Collection[str] | None = None) -> Parsed:
+    """ROOT/labels.csv (or data.csv) with columns path,labels; labels '|'-separated, may be empty;
+    paths relative to the CSV."""
+    root = Path(root)
+    if not root.is_dir():
+        return None, [Problem(f"{root}: folder not found")]
+    manifest = next((root / n for n in ("labels.csv", "data.csv") if (root / n).is_file()), None)
+    if manifest is None:
+        return None, [Problem(f"{root}: no labels.csv or data.csv")]
+    problems: list[Problem] = []
+    rows: list[tuple[str, list[str]]] = []
+    seen: dict[str, int] = {}
+    try:
+        with manifest.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not {"path", "labels"} <= set(reader.fieldnames):
+                return None, [Problem(f"{manifest}:1: header must have columns path,labels (found {reader.fieldnames})")]
+            for lineno, row in enumerate(reader, start=2):
+                rel = (row.get("path") or "").strip()
+                names = [s.strip() for s in (row.get("labels") or "").split("|") if s.strip()]
+                problems += [Problem(f"{manifest}:{lineno}: unknown label {name!r}")
+                             for name in names if labels is not None and name not in labels]
+                found = bool(rel) and (root / rel).is_file()
+                if not found:
+                    problems.append(Problem(f"{manifest}:{lineno}: image {rel!r} not found"))
+                if rel in seen:
+                    problems.append(Problem(f"{manifest}:{lineno}: duplicate of line {seen[rel]} ({rel})"))
+                elif found:
+                    rows.append((rel, names))
+                seen.setdefault(rel, lineno)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        problems.append(Problem(f"{manifest}: not a readable CSV file ({exc})"))
+    if not rows:
+        return None, [*problems, Problem(f"{manifest}: no rows with an image")]
+    label_names = sorted({name for _, names in rows for name in names})
+    col = {name: c for c, name in enumerate(label_names)}
+    targets = np.zeros((len(rows), len(label_names)), dtype=np.uint8)
+    for i, (_, names) in enumerate(rows):
+        targets[i, [col[name] for name in names]] = 1
+    paths = [root / rel for rel, _ in rows]
+    dataset = MultilabelImages(label_names, targets, [rel for rel, _ in rows], ReadFiles(paths), str(manifest),
+                               _file_fingerprint([manifest, *paths], "csv"))
+    return dataset, problems
+
+
+class ReadHf:
+    """`read` for a Hugging Face dataset: the image column's bytes (or file), decoded by `open_rgb`."""
+
+    def __init__(self, ds, column: str, root: str):
+        import datasets
+
+        self.images = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+        self.column, self.root = column, root
+
+    def __call__(self, i: int):
+        value = self.images[int(i)][self.column]
+        name = f"{self.root}: row {i}"
+        if not value or not (value.get("bytes") or value.get("path")):
+            raise DataError(f"{name}: cannot read image: no image in column {self.column!r}")
+        if value.get("bytes"):
+            return open_rgb(io.BytesIO(value["bytes"]), name)
+        return open_rgb(value["path"], name)
+
+
+def _load_hf(root: str, split: str):
+    """The split of a `save_to_disk` folder or hub dataset, or a Problem saying why not."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(root) if Path(root).is_dir() else datasets.load_dataset(root, split=split)
+    except Exception as exc:  # datasets raises many types for a missing or offline dataset
+        return Problem(f"{root}: cannot load the Hugging Face dataset ({exc}). Give a `save_to_disk` folder or a "
+                       "hub name reachable from here (HF_HUB_OFFLINE=1 uses the local cache only).")
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            return Problem(f"{root}: no split {split!r} (has {', '.join(ds)}); set data.hf_split (check-data: --split)")
+        ds = ds[split]
+    return ds
+
+
+def parse_hf(root: str, image_column: str = "image", label_column: str = "labels", split: str = "train",
+             labels: Collection[str] | None = None) -> Parsed:
+    """A Hugging Face dataset (a `save_to_disk` folder or a hub name) with an image column and either a
+    list-of-labels column (ClassLabel ids or names) or a multi-hot column."""
+    root = str(root)
+    ds = _load_hf(root, split)
+    if isinstance(ds, Problem):
+        return None, [ds]
+    missing = [c for c in (image_column, label_column) if c not in ds.column_names]
+    if missing:
+        return None, [Problem(f"{root}: no column {c!r} (has {', '.join(ds.column_names)}); set data.image_column "
+                              "and data.label_column (check-data: --image-column, --label-column)") for c in missing]
+    try:
+        label_names, targets = _hf_targets(ds[label_column], ds.features[label_column])
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        return None, [Problem(f"{root}:{label_column}: neither label lists nor equal-length 0/1 multi-hot rows "
+                              f"({type(exc).__name__}: {exc})")]
+    try:
+        read = ReadHf(ds, image_column, root)
+    except (ValueError, TypeError) as exc:  # datasets cannot cast the column to images
+        return None, [Problem(f"{root}:{image_column}: not an image column ({exc})")]
+    problems = [Problem(f"{root}:{label_column}: unknown label {name!r}")
+                for name in label_names if labels is not None and name not in labels]
+    files = [Path(f["filename"]) for f in ds.cache_files]  # the dataset's arrow files: key the decoded cache
+    fingerprint = _file_fingerprint(files, f"hf|{root}|{split}|{image_column}|{label_column}")
+    return MultilabelImages(label_names, targets, [f"{i}" for i in range(len(ds))], read, root, fingerprint), problems
+
+
+def _hf_targets(raw: list, feature) -> tuple[list[str], np.ndarray]:
+    """Label lists (ClassLabel ids or names) or multi-hot rows -> (label names, (N, C) uint8);
+    ValueError (or the error of the first row that is neither) otherwise."""
+    import datasets
+
+    inner = getattr(feature, "feature", None)
+    if inner is None and isinstance(feature, list) and feature:  # datasets may give a plain list
+        inner = feature[0]
+    if isinstance(inner, datasets.ClassLabel):
+        names, col = list(inner.names), None
+    elif any(r and isinstance(r[0], str) for r in raw):
+        names = sorted({name for labels in raw for name in labels})
+        col = {name: c for c, name in enumerate(names)}
+    else:
+        widths = {len(r) for r in raw}
+        if len(widths) != 1 or not all(set(r) <= {0, 1} for r in raw):
+            raise ValueError("rows of different lengths or values other than 0/1")
+        return [f"label_{c}" for c in range(widths.pop())], np.asarray(raw, dtype=np.uint8)
+    targets = np.zeros((len(raw), len(names)), dtype=np.uint8)
+    for i, labels in enumerate(raw):
+        targets[i, [col[x] for x in labels] if col else list(labels)] = 1
+    return names, targets
