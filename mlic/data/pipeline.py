@@ -51,10 +51,6 @@ class Data:
     cached: bool
     skipped_images: int = 0
 
-    @property
-    def train_targets(self) -> np.ndarray:
-        return self.train.targets
-
 
 class PassThrough(torch.nn.Module):
     """Per-image path: the workers already augmented and normalised; only the memory layout is left."""
