@@ -41,7 +41,7 @@ def compute_metrics(y_true, y_prob, threshold=0.5) -> dict[str, float]:
         "subset_accuracy": float(accuracy_score(y_true, y_pred)),
     }
     for average in ("micro", "macro"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
+        p, r, f, _ = _prf(y_true, y_pred, average)
         out.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
     out["mAP"] = mean_average_precision(y_true, y_prob)
     return out
@@ -52,7 +52,7 @@ def per_label_metrics(y_true, y_prob, label_names, threshold=0.5) -> list[dict]:
     y_true = np.asarray(y_true).astype(np.int64)
     y_prob = np.asarray(y_prob, dtype=np.float64)
     y_pred = _binarize(y_prob, threshold)
-    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
+    p, r, f, support = _prf(y_true, y_pred, None)
     confusion = multilabel_confusion_matrix(y_true, y_pred)
     rows = []
     for c, name in enumerate(label_names):
@@ -101,7 +101,16 @@ def heldout_tuned_f1_macro(y_true, y_prob, default: float = 0.5) -> float:
     for tune_on, apply_to in (halves, halves[::-1]):
         thresholds = tune_thresholds(y_true[tune_on], y_prob[tune_on], default)
         pred[apply_to] = y_prob[apply_to] >= thresholds
-    return float(precision_recall_fscore_support(y_true, pred, average="macro", zero_division=0)[2])
+    return float(_prf(y_true, pred, "macro")[2])
+
+
+def _prf(y_true: np.ndarray, y_pred: np.ndarray, average: str | None):
+    """scikit-learn's precision, recall, F1 and support over the labels (columns). One column is read as
+    a binary target there, averaged over its classes 0 and 1: score the positives alone instead."""
+    if y_true.shape[1] == 1:
+        return precision_recall_fscore_support(y_true[:, 0], y_pred[:, 0], labels=[1], average=average,
+                                               zero_division=0)
+    return precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
 
 
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:

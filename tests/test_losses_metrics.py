@@ -74,9 +74,6 @@ def test_heldout_tuned_f1_macro_scores_each_half_with_the_other_halfs_thresholds
     assert compute_metrics(y, p, tune_thresholds(y, p))["f1_macro"] == pytest.approx((8 / 9 + 1) / 2)
 
 
-@pytest.mark.xfail(strict=True, reason="mlic bug: with one label, sklearn reads the (N, 1) targets as binary "
-                   "and averages over the classes 0 and 1, so f1_micro is the accuracy and f1_macro mixes in "
-                   "the F1 of the negatives (0.625 and 0.619 here instead of 4/7)")
 def test_one_label_metrics_are_those_of_its_positives():
     from mlic.metrics import heldout_tuned_f1_macro
 
