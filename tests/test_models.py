@@ -33,16 +33,17 @@ def test_cnn_and_head_switches():
     ("resnet152", 2048, "resnet152-394f9c45.pth"),
     ("densenet161", 2208, "densenet161-8d451a50.pth"),
 ])
-def test_torchvision_weights_load_from_the_hub_cache(name, width, file, tmp_path):
-    """A random state dict saved under the real IMAGENET1K_V1 file name in TORCH_HOME is what loads."""
+def test_torchvision_weights_load_from_the_hub_cache(name, width, file, tmp_path, monkeypatch):
+    """A random state dict saved under the real IMAGENET1K_V1 file name in TORCH_HOME is what loads.
+    TORCH_HOME is this test's own: no other test can find the fake weights."""
     import torchvision.models as tvm
 
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     reference = getattr(tvm, name)(weights=None)
-    cache = torch.hub.get_dir() + "/checkpoints"
-    import os
-
-    os.makedirs(cache, exist_ok=True)
-    torch.save(reference.state_dict(), f"{cache}/{file}")
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    assert torch.hub.get_dir() == str(cache.parent)
+    cache.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache / file)
     model, pre = build_model(ModelConfig(name=name, freeze_backbone=True), 14)
     assert pre.size == 224
     head = model.fc if name.startswith("resnet") else model.classifier
@@ -51,7 +52,6 @@ def test_torchvision_weights_load_from_the_hub_cache(name, width, file, tmp_path
     assert torch.equal(model.state_dict()[first_conv], reference.state_dict()[first_conv])
     assert all(not p.requires_grad for n, p in model.named_parameters() if not n.startswith(("fc.", "classifier.")))
     _one_step(model, 64)
-    os.remove(f"{cache}/{file}")
 
 
 def test_offline_without_cache_says_how_to_proceed(monkeypatch):
