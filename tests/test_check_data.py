@@ -107,7 +107,7 @@ def _truncated_image(root):
     (root / "images" / "im5.jpg").write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("damage", [_bad_line, _duplicate_line, _unknown_image, _stray_file, _truncated_image])
+@pytest.mark.parametrize("damage", [_bad_line, _unknown_image, _truncated_image])
 def test_check_data_lines_are_the_errors_training_raises(demo_copy, tmp_path, capsys, damage):
     """One parser feeds both: each line check-data prints is the text training stops with."""
     damage(demo_copy)
@@ -119,6 +119,23 @@ def test_check_data_lines_are_the_errors_training_raises(demo_copy, tmp_path, ca
         split = load_split(cfg)  # problems of the files and annotations stop here
         build_data(cfg, _one_process(), split, _preprocess(), False)  # images are decoded here (into the cache)
     assert lines[0] in str(raised.value).splitlines()
+
+
+@pytest.mark.parametrize("damage", [_duplicate_line, _stray_file])
+def test_harmless_problems_are_reported_but_do_not_stop_training(demo_copy, capsys, damage):
+    """A stray file or a repeated annotation line changes no image and no target: check-data names it,
+    training goes on with the same data as without it."""
+    clean = load_dataset(DataConfig(root=str(demo_copy)))[0]
+    damage(demo_copy)
+    assert main(["check-data", str(demo_copy)]) == 1
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    dataset, rows = load_dataset(DataConfig(root=str(demo_copy)))
+    assert len(rows) == len(dataset) == len(clean)
+    dog = dataset.label_names.index("dog")
+    if damage is _duplicate_line:
+        assert dataset.targets[:, dog].nonzero()[0].tolist() == [0, 3]
+    else:
+        assert (dataset.targets == clean.targets).all()
 
 
 def test_training_names_the_first_problems_and_how_to_list_them_all(demo_copy):

@@ -51,10 +51,13 @@ def _why_unreadable(path, exc: Exception) -> str:
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a dataset, as one line naming the file (and line). `row` is set when the
-    problem is an unreadable image: that row can be left out (`data.skip_bad`) instead of stopping."""
+    problem is an unreadable image: that row can be left out (`data.skip_bad`) instead of stopping.
+    `harmless`: check-data reports it, training goes on (a stray `.DS_Store`, a repeated annotation
+    line: neither changes any image or target)."""
 
     text: str
     row: int | None = None
+    harmless: bool = False
 
     def __str__(self) -> str:
         return self.text
@@ -149,7 +152,7 @@ def usable_rows(dataset: MultilabelImages | None, problems: Sequence[Problem], c
     """The rows to use: every row, less the unreadable images when `skip_unreadable`. Any other problem
     (or an unreadable image without `skip_unreadable`) is a DataError naming the first few; `check` is
     the command that lists them all."""
-    blocking = [p for p in problems if not (skip_unreadable and p.row is not None)]
+    blocking = [p for p in problems if not p.harmless and not (skip_unreadable and p.row is not None)]
     if blocking or dataset is None:
         shown = [p.text for p in blocking[:SHOWN_PROBLEMS]]
         if len(blocking) > SHOWN_PROBLEMS:

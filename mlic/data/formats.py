@@ -69,7 +69,7 @@ def parse_helsinki(root, labels: Collection[str] | None = None) -> Parsed:
     for p in sorted(images_dir.iterdir()):
         n = image_number(p.name)
         if n is None:
-            problems.append(Problem(f"{p}: unexpected file name (expected im{{N}}.jpg)"))
+            problems.append(Problem(f"{p}: unexpected file name (expected im{{N}}.jpg)", harmless=True))
         elif n in files:
             problems.append(Problem(f"{p}: same image number as {files[n].name}"))
         else:
@@ -97,7 +97,7 @@ def _annotations(ann_dir: Path, row_of: dict[int, int], labels: Collection[str] 
     if not ann_files:
         problems.append(Problem(f"{ann_dir}: annotations folder has no {{label}}.txt files"))
     for other in sorted(set(ann_dir.iterdir()) - set(ann_files)):
-        problems.append(Problem(f"{other}: not an annotation file (expected {{label}}.txt)"))
+        problems.append(Problem(f"{other}: not an annotation file (expected {{label}}.txt)", harmless=True))
     targets = np.zeros((len(row_of), len(ann_files)), dtype=np.uint8)
     images_dir = ann_dir.parent / "images"
     for c, path in enumerate(ann_files):
@@ -120,7 +120,7 @@ def _annotations(ann_dir: Path, row_of: dict[int, int], labels: Collection[str] 
             else:
                 targets[row_of[n], c] = 1
             if n in seen:
-                problems.append(Problem(f"{path}:{lineno}: duplicate of line {seen[n]} (image {n})"))
+                problems.append(Problem(f"{path}:{lineno}: duplicate of line {seen[n]} (image {n})", harmless=True))
             seen.setdefault(n, lineno)
     return ann_files, targets, problems
 
