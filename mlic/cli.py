@@ -63,7 +63,7 @@ def _check_data(args) -> int:
 
 
 def _train(args) -> int:
-    return train_main(args.model, ([*(["--config", args.config] if args.config else [])] + args.overrides))
+    return train_main(args.model, args.args)
 
 
 def _predict(args) -> int:
@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train", help="train a model in this process (use `accelerate launch train/X.py` for many)")
     p.add_argument("model", choices=["cnn", "resnet152", "densenet161", "vit"])
-    p.add_argument("--config")
-    p.add_argument("overrides", nargs="*")
+    # The rest goes to train_main's own parser, as for train/<model>.py: here, argparse would take an
+    # empty `overrides` before `--config` and then reject `key=value` after it.
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="[--config FILE] [key=value ...]")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="write the course's results file (and probabilities) for a folder of images")
