@@ -8,8 +8,17 @@ from pathlib import Path
 
 from mlic.errors import MlicError
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "configs"
+# The experiment configs: the top-level configs/ of a checkout, reached through the symlink
+# mlic/configs, and a real folder inside an installed wheel. Either way next to this package.
+CONFIGS = (Path(__file__).resolve().parent / "configs").resolve()
+
+
+def default_config(model: str) -> Path:
+    """configs/<model>.yaml as shipped with mlic; an error saying where it looked if it is not there."""
+    path = CONFIGS / f"{model}.yaml"
+    if not path.is_file():
+        raise MlicError(f"no default config for {model!r}: looked for {path}; pass --config FILE")
+    return path
 
 
 def train_main(model: str, argv: list[str] | None = None) -> int:
@@ -23,7 +32,7 @@ def train_main(model: str, argv: list[str] | None = None) -> int:
     try:
         from mlic.config import load_config
 
-        cfg = load_config(args.config or CONFIGS / f"{model}.yaml", args.overrides)
+        cfg = load_config(args.config or default_config(model), args.overrides)
         from mlic.engine import fit
 
         fit(cfg)

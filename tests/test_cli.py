@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mlic import cli
 from tests.conftest import REPO
 
 
@@ -44,3 +45,18 @@ def test_train_command_with_config_and_overrides_from_another_folder(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [(x["epoch"], x["split"]) for x in lines if x["split"] in ("train", "val")] == [(1, "train"), (1, "val")]
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+def test_train_command_without_config_reads_the_shipped_default(tmp_path):
+    """No --config: configs/cnn.yaml, found from any folder (an unknown key fails after reading it)."""
+    done = _mlic(tmp_path, "train", "cnn", "train.no_such_key=1")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "unknown config key 'train.no_such_key'" in done.stderr
+
+
+def test_missing_default_config_says_in_one_line_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "CONFIGS", tmp_path)
+    assert cli.main(["train", "vit"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and str(tmp_path / "vit.yaml") in err and "--config" in err

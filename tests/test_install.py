@@ -1,0 +1,80 @@
+"""`pip install .` (not editable): the installed `mlic` works from any folder, shipped configs included.
+
+The fresh venv borrows torch & co. from this interpreter through a .pth line, so the test needs no
+network and no 5 GB install; mlic itself is built from a copy of the checkout and installed as a wheel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+TINY = ["train.epochs=1", "train.batch_size=16", "train.eval_batch_size=64", "train.max_steps_per_epoch=2",
+        "data.image_size=32", "data.num_workers=0", "run.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A venv holding a non-editable install of this checkout; its bin folder and an environment for it."""
+    root = tmp_path_factory.mktemp("install")
+    src = Path(shutil.copytree(REPO, root / "src", symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "logs", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".cache")))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    bin_dir = root / "venv" / "bin"
+    site = Path(subprocess.run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch, pip, setuptools, ...
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_CONSTRAINT")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                           "--no-index", str(src)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    shutil.rmtree(src)  # nothing may come from the checkout any more
+    return bin_dir, env
+
+
+def _mlic(installed, cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    bin_dir, env = installed
+    return subprocess.run([str(bin_dir / "mlic"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_installed_mlic_trains_from_any_folder_with_shipped_configs(installed, tmp_path):
+    bin_dir, env = installed
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import mlic.cli; print(mlic.cli.__file__)"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(bin_dir.parent), where  # the wheel's copy, not the checkout
+
+    done = _mlic(installed, tmp_path, "demo-data", "data", "--images", "300")
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "data").rglob("*.jpg"))) == 300
+
+    # `--config` with a file of the checkout, as the README writes it
+    done = _mlic(installed, tmp_path, "train", "cnn", "--config", str(REPO / "configs" / "demo.yaml"),
+                 "data.root=data", "run.output_dir=run-demo", *TINY)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(x) for x in (tmp_path / "run-demo" / "metrics.jsonl").read_text().splitlines()]
+    assert {(x["epoch"], x["split"]) for x in lines} >= {(1, "train"), (1, "val")}
+    assert (tmp_path / "run-demo" / "model" / "config.json").is_file()
+
+    # no --config: the configs/cnn.yaml shipped in the wheel (its lr and pos_weight are not the defaults)
+    done = _mlic(installed, tmp_path, "train", "cnn", "data.root=data", "run.output_dir=run-default", *TINY)
+    assert done.returncode == 0, done.stderr
+    resolved = yaml.safe_load((tmp_path / "run-default" / "config.yaml").read_text())
+    assert resolved["loss"]["pos_weight"] == "auto" and resolved["optim"]["lr"] == pytest.approx(1e-3)
+
+    # the table configs (with their `base: ../../x.yaml` chains) are in the wheel too
+    done = _mlic(installed, tmp_path, "tables", "5", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    launches = [x for x in done.stdout.splitlines() if x.startswith("accelerate launch")]
+    assert len(launches) == 3 and all("-m mlic.cli train vit --config " + str(bin_dir.parent) in x for x in launches)
