@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collect", action="store_true", help="only read the run folders and print the table")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for every run (repeatable), e.g. --set train.epochs=1")
-    p.add_argument("--runs", default="runs", help="folder of the run folders (relative to the repository)")
+    p.add_argument("--runs", default="runs", help="folder of the run folders (relative to the current folder)")
     p.set_defaults(func=_tables)
 
     args = parser.parse_args(argv)
