@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from tests.conftest import REPO
 
@@ -41,6 +44,50 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     assert done.returncode == 0, done.stderr
     shutil.rmtree(src)  # nothing may come from the checkout any more
     return bin_dir, env
+
+
+def _site_packages(bin_dir: Path) -> Path:
+    return next((bin_dir.parent / "lib").glob("python3.*/site-packages"))
+
+
+@pytest.mark.slow
+def test_wheel_ships_every_config_and_nothing_but_mlic(installed):
+    site = _site_packages(installed[0])
+    shipped = {p.relative_to(site / "mlic" / "configs") for p in (site / "mlic" / "configs").rglob("*.yaml")}
+    assert shipped == {p.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml")}
+    assert not (site / "mlic" / "configs").is_symlink()  # real files, not a link back into a checkout
+    assert not any((site / name).exists() for name in ("tests", "benchmarks", "train", "configs"))
+
+
+def _pyproject_project() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+; CI's full suite runs on 3.11
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def test_dependencies_are_ranges_that_admit_the_clusters_torch():
+    """No pins (a cluster keeps its own CUDA torch); the GPU machines' and CI's versions are inside."""
+    project = _pyproject_project()
+    deps = {(r := Requirement(d)).name: r.specifier for d in project["dependencies"]}
+    assert not [name for name, spec in deps.items() if any(s.operator in ("==", "===") for s in spec)]
+    for versions in ({"torch": "2.11.0", "torchvision": "0.26.0", "transformers": "5.17.0", "accelerate": "1.15.0"},
+                     {"torch": "2.14.1", "torchvision": "0.29.1", "transformers": "5.24.0", "accelerate": "1.15.0"}):
+        for name, version in versions.items():
+            assert deps[name].contains(version), (name, version, deps[name])
+    python = SpecifierSet(project["requires-python"])
+    assert all(python.contains(v) for v in ("3.10.0", "3.11.7", "3.12.1", "3.13.0")) and not python.contains("3.14.0")
+
+
+def test_ci_installs_with_the_constraints_and_runs_the_readme_commands():
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;#]+)", (REPO / "constraints.txt").read_text(), re.M))
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+    readme, ci = (REPO / "README.md").read_text(), (REPO / ".ci" / "run").read_text()
+    commands = re.findall(r"^python3 -m venv .*$", readme, re.M)
+    assert len(commands) == 2 and all("pip install -c constraints.txt -e \".[dev]\"" in c for c in commands)
+    assert commands[1] in ci.splitlines()  # the test command, literally
+    assert ci.splitlines()[-2:] == ["smoke 3.10", "smoke 3.13"]  # oldest and newest Python, own steps
+    smoke = ci[ci.index("smoke() {"):]
+    assert "pip install --quiet -c \"$REPO/constraints.txt\" \"$REPO\"" in smoke  # not editable
+    assert 'mlic" train cnn --config "$REPO/configs/demo.yaml" train.epochs=1' in smoke
 
 
 def _mlic(installed, cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
