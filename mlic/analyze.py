@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 from sklearn.metrics import multilabel_confusion_matrix, precision_recall_curve
 
+from mlic.export import META
 from mlic.figures import data_figures, plt, save_figures
 
 
@@ -102,7 +103,7 @@ def analyze(run_dir: Path, data_root: str | None = None, examples: int = 8) -> l
     figures = data_figures(train_targets, dataset.label_names, order,
                            pos_weight(train_targets, cfg.loss.pos_weight_clip))
     _, _, probs, targets, dataset, val_rows = evaluate_model(str(run_dir / "model"), cfg.data.root, "val")
-    meta = json.loads((run_dir / "model" / "config.json").read_text())
+    meta = json.loads((run_dir / "model" / META).read_text())
     thresholds = np.asarray(meta["thresholds"])
     names = meta["label_names"]
     figures["confusion_matrices"] = confusion_figure(targets, probs, thresholds, names)

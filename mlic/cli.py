@@ -9,8 +9,17 @@ from pathlib import Path
 
 from mlic.errors import MlicError
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "configs"
+# The experiment configs: the top-level configs/ of a checkout, reached through the symlink
+# mlic/configs, and a real folder inside an installed wheel. Either way next to this package.
+CONFIGS = (Path(__file__).resolve().parent / "configs").resolve()
+
+
+def default_config(model: str) -> Path:
+    """configs/<model>.yaml as shipped with mlic; an error saying where it looked if it is not there."""
+    path = CONFIGS / f"{model}.yaml"
+    if not path.is_file():
+        raise MlicError(f"no default config for {model!r}: looked for {path}; pass --config FILE")
+    return path
 
 
 def train_main(model: str, argv: list[str] | None = None) -> int:
@@ -22,7 +31,7 @@ def train_main(model: str, argv: list[str] | None = None) -> int:
     try:
         from mlic.config import load_config
 
-        cfg = load_config(args.config or CONFIGS / f"{model}.yaml", args.overrides)
+        cfg = load_config(args.config or default_config(model), args.overrides)
         from mlic.engine import fit
 
         fit(cfg)  # a stop request ends it early, after its checkpoint: exit 0, rerunning resumes
@@ -67,7 +76,7 @@ def _check_data(args) -> int:
 
 
 def _train(args) -> int:
-    return train_main(args.model, ([*(["--config", args.config] if args.config else [])] + args.overrides))
+    return train_main(args.model, args.args)
 
 
 def _predict(args) -> int:
@@ -126,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train", help="train a model in this process (use `accelerate launch train/X.py` for many)")
     p.add_argument("model", choices=["cnn", "resnet152", "densenet161", "vit"])
-    p.add_argument("--config")
-    p.add_argument("overrides", nargs="*")
+    # The rest goes to train_main's own parser, as for train/<model>.py: here, argparse would take an
+    # empty `overrides` before `--config` and then reject `key=value` after it.
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="[--config FILE] [key=value ...]")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="write the course's results file (and probabilities) for a folder of images")
@@ -163,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collect", action="store_true", help="only read the run folders and print the table")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for every run (repeatable), e.g. --set train.epochs=1")
-    p.add_argument("--runs", default="runs", help="folder of the run folders (relative to the repository)")
+    p.add_argument("--runs", default="runs", help="folder of the run folders (relative to the current folder)")
     p.set_defaults(func=_tables)
 
     args = parser.parse_args(argv)

@@ -3,6 +3,7 @@ report's layout, each cell "ours (report)"."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import shutil
@@ -11,9 +12,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlic.cli import CONFIGS
 from mlic.errors import MlicError
 
-REPO = Path(__file__).resolve().parent.parent
+# A model name -> the training entry (train/<entry>.py, `mlic train <entry>`) whose family it belongs to.
+# slurm/tables.sh asks for it through `python -m mlic.tables entry-for CONFIG`.
+ENTRY_FOR_MODEL = {"resnet50": "resnet152", "densenet121": "densenet161"}
 ROWS_FULL = [("Accuracy", "accuracy"), ("Loss", "loss"), ("Micro F1 score", "f1_micro"),
              ("Micro Precision", "precision_micro"), ("Micro Recall", "recall_micro"), ("Macro F1 score", "f1_macro"),
              ("Macro Precision", "precision_macro"), ("Macro Recall", "recall_macro")]
@@ -89,30 +93,41 @@ def get_table(number: str) -> Table:
 
 
 def run_dir(table: Table, run: str, scale: str, runs: str | Path = "runs") -> Path:
+    """Where a run writes, relative to the current folder (as every run folder is)."""
     return Path(runs) / ("tables-demo" if scale == "demo" else "tables") / table.key / run
 
 
-def train_script(config: Path) -> str:
+def train_entry(config: str | Path) -> str:
+    """The training entry that trains this config's model (`mlic train <entry>`, train/<entry>.py)."""
     from mlic.config import load_config
 
     name = load_config(config).model.name
-    return {"resnet50": "resnet152", "densenet121": "densenet161"}.get(name, name)
+    return ENTRY_FOR_MODEL.get(name, name)
+
+
+def _shown(path: Path) -> str:
+    """A shipped config as the command shows it: relative when under the current folder (a checkout)."""
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def commands(table: Table, scale: str, extra: list[str], runs: str | Path = "runs") -> list[list[str]]:
-    """One command per run, in column order."""
+    """One command per run, in column order; they train through the installed package, from any folder."""
     out = []
     for run in table.columns.values():
-        config = Path("configs/tables") / table.key / f"{run}.yaml"
-        script = f"train/{train_script(REPO / config)}.py"
+        config = CONFIGS / "tables" / table.key / f"{run}.yaml"
         overrides = [*(DEMO_OVERRIDES if scale == "demo" else []), f"run.output_dir={run_dir(table, run, scale, runs)}", *extra]
-        launcher = [sys.executable] if scale == "demo" else ["accelerate", "launch"]
-        out.append([*launcher, script, "--config", str(config), *overrides])
+        launcher = [sys.executable, "-m"] if scale == "demo" else ["accelerate", "launch", "-m"]
+        out.append([*launcher, "mlic.cli", "train", train_entry(config), "--config", _shown(config), *overrides])
     return out
 
 
 def collect(table: Table, scale: str, runs: str | Path = "runs") -> str:
     """The markdown table; every number comes from a run folder (the exported, best epoch)."""
+    from mlic.export import META  # imports torch: only when a table is read
+
     header_cols = [(s, c) for s in table.splits for c in table.columns]
     split_name = {"train": "Training", "val": "Validation"}
     lines = [f"**{table.title}** (cells: ours (report))", "",
@@ -120,8 +135,8 @@ def collect(table: Table, scale: str, runs: str | Path = "runs") -> str:
              "|---" * (len(header_cols) + 1) + "|"]
     metrics = {}
     for column, run in table.columns.items():
-        folder = REPO / run_dir(table, run, scale, runs)  # relative to the repository, as the runs were
-        meta_path, lines_path = folder / "model" / "config.json", folder / "metrics.jsonl"
+        folder = run_dir(table, run, scale, runs)
+        meta_path, lines_path = folder / "model" / META, folder / "metrics.jsonl"
         if not meta_path.is_file() or not lines_path.is_file():
             raise MlicError(f"{folder}: no finished run (run `mlic tables {table.key.removeprefix('table')} --scale {scale}` first)")
         epoch = json.loads(meta_path.read_text())["epoch"]
@@ -152,13 +167,33 @@ def tables_command(number: str, scale: str, dry_run: bool, collect_only: bool, e
         return 0
     if not collect_only:
         if scale == "full" and shutil.which("sbatch"):
+            if not Path("slurm/tables.sh").is_file():
+                raise MlicError(f"sbatch needs slurm/tables.sh of an mlic checkout; not in {Path.cwd()}: run from the checkout")
             cmd = ["sbatch", f"--array=0-{len(cmds) - 1}", "slurm/tables.sh", table.key.removeprefix("table"), *extra]
             print(shlex.join(cmd))
-            return subprocess.run(cmd, cwd=REPO).returncode
+            return subprocess.run(cmd).returncode
         for cmd in cmds:
             print(shlex.join(cmd), flush=True)
-            done = subprocess.run(cmd, cwd=REPO)
+            done = subprocess.run(cmd)
             if done.returncode != 0:
                 raise MlicError(f"run failed ({done.returncode}): {shlex.join(cmd)}")
     print(collect(table, scale, runs))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mlic.tables entry-for CONFIG`: the training entry of a config's model (for slurm/tables.sh)."""
+    parser = argparse.ArgumentParser(prog="python -m mlic.tables")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("entry-for", help="print the training entry (train/<entry>.py) of a config's model").add_argument("config")
+    args = parser.parse_args(argv)
+    try:
+        print(train_entry(args.config))
+    except MlicError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

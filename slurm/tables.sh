@@ -24,7 +24,6 @@ NAME_DIR=$TABLE
 mapfile -t RUNS < <(find "configs/tables/$NAME_DIR" -name '*.yaml' | sort)
 CONFIG=${RUNS[${SLURM_ARRAY_TASK_ID:-0}]:?no run ${SLURM_ARRAY_TASK_ID:-0} in table $TABLE}
 NAME=$(basename "$CONFIG" .yaml)
-MODEL=$(python -c "import sys; from mlic.config import load_config; print(load_config(sys.argv[1]).model.name)" "$CONFIG")
-case $MODEL in resnet50|resnet152) SCRIPT=train/resnet152.py ;; densenet121|densenet161) SCRIPT=train/densenet161.py ;;
-  *) SCRIPT=train/$MODEL.py ;; esac
-mlic_launch "$SCRIPT" --config "$CONFIG" "run.output_dir=runs/tables/$NAME_DIR/$NAME" "$@"
+# The model -> entry map (resnet50 trains through train/resnet152.py, ...) lives once, in mlic.tables.
+ENTRY=$(python -m mlic.tables entry-for "$CONFIG")
+mlic_launch "train/$ENTRY.py" --config "$CONFIG" "run.output_dir=runs/tables/$NAME_DIR/$NAME" "$@"

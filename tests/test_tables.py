@@ -1,10 +1,12 @@
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
 from mlic.cli import main
-from mlic.tables import TABLES, commands, get_table
+from mlic.tables import TABLES, commands, get_table, train_entry
 from tests.conftest import REPO
 
 
@@ -16,10 +18,22 @@ def test_dry_run_lists_every_run_with_its_exact_command(number, capsys):
     launches = [line for line in out if line.startswith("accelerate launch")]
     assert len(launches) == len(table.columns)
     for line, run in zip(launches, table.columns.values()):
-        assert f"--config configs/tables/{table.key}/{run}.yaml" in line
+        config = REPO / "configs" / "tables" / table.key / f"{run}.yaml"
+        # through the installed package (no train/*.py needed), config shown relative to this checkout
+        assert line.startswith(f"accelerate launch -m mlic.cli train {train_entry(config)} "
+                               f"--config configs/tables/{table.key}/{run}.yaml ")
         assert line.endswith(f"run.output_dir=runs/tables/{table.key}/{run}")
         assert (REPO / "configs" / "tables" / table.key / f"{run}.yaml").is_file()
     assert out[-1] == f"# or on SLURM: sbatch --array=0-{len(table.columns) - 1} slurm/tables.sh {number}"
+
+
+def test_one_model_to_entry_map_for_mlic_and_slurm(tmp_path):
+    config = tmp_path / "resnet50.yaml"
+    config.write_text("model:\n  name: resnet50\n")
+    assert train_entry(config) == "resnet152"  # a ResNet-50 run trains through train/resnet152.py
+    done = subprocess.run([sys.executable, "-m", "mlic.tables", "entry-for", str(config)], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "resnet152\n"), done.stderr
+    assert "case" not in (REPO / "slurm" / "tables.sh").read_text()  # slurm/tables.sh asks mlic.tables, keeps no copy
 
 
 def test_every_report_cell_has_a_run_and_a_row():
@@ -29,10 +43,10 @@ def test_every_report_cell_has_a_run_and_a_row():
 
 
 @pytest.mark.slow
-def test_table_2_at_demo_scale_end_to_end(tmp_path, capsys):
+def test_table_2_at_demo_scale_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # any folder: the runs go to ./runs, the configs come from the package
     runs = tmp_path / "runs"
-    assert main(["tables", "2", "--scale", "demo", "--runs", str(runs), "--set", "train.epochs=1",
-                 "--set", "data.demo_images=300"]) == 0
+    assert main(["tables", "2", "--scale", "demo", "--set", "train.epochs=1", "--set", "data.demo_images=300"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("|")]
     assert lines[0] == "| Metric | Validation: Unbalanced | Validation: Balanced | Validation: Weighted |"
