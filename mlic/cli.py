@@ -109,7 +109,18 @@ def _tables(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlic", description="Multi-label image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _data_commands(sub)
+    _training_commands(sub)
+    _model_commands(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MlicError as exc:
+        _print_error(exc)
+        return 1
 
+
+def _data_commands(sub) -> None:
     p = sub.add_parser("demo-data", help="write the synthetic demo corpus (helsinki layout)")
     p.add_argument("dir")
     p.add_argument("--images", type=int, default=2000)
@@ -133,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=4)
     p.set_defaults(func=_check_data)
 
+
+def _training_commands(sub) -> None:
     p = sub.add_parser("train", help="train a model in this process (use `accelerate launch train/X.py` for many)")
     p.add_argument("model", choices=["cnn", "resnet152", "densenet161", "vit"])
     # The rest goes to train_main's own parser, as for train/<model>.py: here, argparse would take an
@@ -140,6 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="[--config FILE] [key=value ...]")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("tables", help="run or submit the grid of one report table, and print it in the report's layout")
+    p.add_argument("table", help="1-6, or ablations")
+    p.add_argument("--scale", choices=["demo", "full"], default="full",
+                   help="demo: tiny runs on the demo data (CPU, minutes); full: the real recipes (sbatch if present)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their exact commands")
+    p.add_argument("--collect", action="store_true", help="only read the run folders and print the table")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every run (repeatable), e.g. --set train.epochs=1")
+    p.add_argument("--runs", default="runs", help="folder of the run folders (relative to the current folder)")
+    p.set_defaults(func=_tables)
+
+
+def _model_commands(sub) -> None:
     p = sub.add_parser("predict", help="write the course's results file (and probabilities) for a folder of images")
     p.add_argument("model_dir", help="an exported model, e.g. runs/vit/model")
     p.add_argument("images", help="a folder of images (or a ROOT holding images/)")
@@ -164,24 +190,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="data root (default: the run's)")
     p.add_argument("--examples", type=int, default=8, help="misclassified examples per label and kind")
     p.set_defaults(func=_analyze)
-
-    p = sub.add_parser("tables", help="run or submit the grid of one report table, and print it in the report's layout")
-    p.add_argument("table", help="1-6, or ablations")
-    p.add_argument("--scale", choices=["demo", "full"], default="full",
-                   help="demo: tiny runs on the demo data (CPU, minutes); full: the real recipes (sbatch if present)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their exact commands")
-    p.add_argument("--collect", action="store_true", help="only read the run folders and print the table")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="an override for every run (repeatable), e.g. --set train.epochs=1")
-    p.add_argument("--runs", default="runs", help="folder of the run folders (relative to the current folder)")
-    p.set_defaults(func=_tables)
-
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except MlicError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":
