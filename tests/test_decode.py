@@ -328,3 +328,25 @@ def test_predict_decodes_as_training_does(mixed, tmp_path):
         probs.append([line.split(",", 1)[1] for line in out.read_text().splitlines()[1:]])
     assert len(probs[0]) == len(list(originals.iterdir())) and probs[0] == probs[1]
 
+
+def test_check_data_warns_with_counts_and_strict_fails(mixed, capsys):
+    assert main(["check-data", "--format", "csv", str(mixed)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    warned = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    icc = ADOBE_RGB.is_file() or bool(os.environ.get("CI"))
+    expected = ["warning: 3 image(s) had 16-bit pixels, scaled to 8 bit (v * 255 / 65535): 16bit0.png, 16bit1.png, "
+                "16bit2.png",
+                "warning: 6 image(s) had transparency, composited onto data.background: rgba0.png, rgba1.png, "
+                "rgba2.png and 3 more",
+                "warning: 3 image(s) were turned upright by their EXIF orientation: exif0.jpg, exif1.jpg, exif2.jpg",
+                *(["warning: 3 image(s) were converted from their embedded ICC profile to sRGB: icc0.png, icc1.png, "
+                   "icc2.png"] if icc else []),
+                "warning: 6 image(s) are animated or multi-page: the first frame is used: gif0.gif, gif1.gif, "
+                "gif2.gif and 3 more"]
+    assert warned == expected
+    assert main(["check-data", "--format", "csv", "--strict", str(mixed)]) == 1
+    capsys.readouterr()
+    assert main(["check-data", "--format", "csv", "--max-pixels", "5000", str(mixed)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith(f"{mixed / 'big.png'}: cannot read image: 80x80 = 6,400 pixels")
