@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -81,8 +82,9 @@ def decode_image(source: str | Path | IO[bytes], settings: DecodeSettings, name:
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the warning, if made an error
-        raise DataError(f"{name}: cannot read image: more than data.max_pixels={settings.max_pixels:,} pixels "
-                        f"({exc})") from None
+        # Pillow checks in Image.open, before mlic sees the header: say it as mlic's own check does
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise DataError(_too_large(name, f"{int(found[1]):,}" if found else "more", settings.max_pixels)) from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
         raise DataError(f"{name}: cannot read image: {_why_unreadable(source, exc)}") from None
 
@@ -104,9 +106,12 @@ def _let_pillow_open(max_pixels: int) -> None:
 def _refuse_too_large(size: tuple[int, int], max_pixels: int, name: str) -> None:
     pixels = size[0] * size[1]
     if pixels > max_pixels:
-        raise DataError(f"{name}: cannot read image: {size[0]}x{size[1]} = {pixels:,} pixels, more than "
-                        f"data.max_pixels={max_pixels:,} (a guard against decompression bombs; raise "
-                        "data.max_pixels for real images this large)")
+        raise DataError(_too_large(name, f"{size[0]}x{size[1]} = {pixels:,}", max_pixels))
+
+
+def _too_large(name: str, pixels: str, max_pixels: int) -> str:
+    return (f"{name}: cannot read image: {pixels} pixels, more than data.max_pixels={max_pixels:,} (a guard "
+            "against decompression bombs; raise data.max_pixels for real images this large)")
 
 
 def _why_unreadable(source, exc: Exception) -> str:
