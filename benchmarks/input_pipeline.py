@@ -1,13 +1,15 @@
 """Input pipeline throughput: torchvision per-image path vs mlic's decoded cache + batched augmentation.
 
-    python benchmarks/input_pipeline.py [--images 2000] [--size 224] [--batch 64] [--repeats 3]
+    python benchmarks/input_pipeline.py [--images 2000] [--size 224] [--batch 64] [--repeats 3] [--decode-only]
 
 (a) baseline: Dataset + PIL decode + transforms v2 (flips, ColorJitter, Resize, Normalize) + DataLoader
     with one worker per core, as torchvision's reference scripts do it;
 (b) cached: uint8 memory-mapped cache, one fancy index per batch (the host's whole share of the work
     when a GPU does the augmentation), and (b') the same plus the batched augmentation run on this
     CPU, for a machine without a GPU.
-Also: balanced-sampler draws per second, and the memory of 2 ranks reading one cache vs 1 rank
+Also: the decode alone (the dataset's `read`, one thread: what every path above pays per image) and
+the cache build, each a median over `--repeats`; `--decode-only` stops there (to compare decoders side
+by side). Also: balanced-sampler draws per second, and the memory of 2 ranks reading one cache vs 1 rank
 (proportional set size: shared page-cache pages are split between the processes that map them).
 Figures are medians over `--repeats` runs, all in this one process, side by side.
 The last line is `ratio: <(b) per core / (a) per core>`.
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--decode-only", action="store_true", help="only the decode and cache-build figures")
     args = parser.parse_args()
     cores = os.cpu_count()
     tmp = Path(tempfile.mkdtemp(prefix="mlic-bench-"))
@@ -108,6 +111,23 @@ def main() -> None:
     ds = load_helsinki(root)
     aug = AugmentConfig()
     print(f"{args.images} images 128x128 -> {args.size} px, batch {args.batch}, {cores} cores, torch {torch.__version__}")
+
+    def decode_all():
+        for i in range(len(ds)):
+            ds.read(i)
+
+    decode_all()  # the files into the page cache
+    print(f"decode only (the dataset's read, 1 thread): {rate(decode_all, len(ds), args.repeats):8.0f} img/s")
+    builds = []
+    for r in range(args.repeats):
+        start = time.perf_counter()
+        path = build_cache(ds, 128, tmp / f"cache{r}", workers=cores)
+        builds.append(time.perf_counter() - start)
+    build = statistics.median(builds)
+    print(f"    cache built in {build:.2f} s = {len(ds) / build:.0f} img/s, {cores} threads "
+          f"({path.stat().st_size / 2**20:.0f} MiB)")
+    if args.decode_only:
+        return
 
     baseline = Transformed(ds, per_image_transform(args.size, IMAGENET_MEAN, IMAGENET_STD, aug))
     loader_a = DataLoader(baseline, batch_size=args.batch, shuffle=True, num_workers=args.workers,
@@ -122,9 +142,6 @@ def main() -> None:
     a_core = a / args.workers
     print(f"(a) PIL + transforms v2 + DataLoader({args.workers} workers): {a:8.0f} img/s  = {a_core:8.0f} img/s per core")
 
-    start = time.perf_counter()
-    path = build_cache(ds, 128, tmp / "cache", workers=cores)
-    print(f"    cache built in {time.perf_counter() - start:.1f} s ({path.stat().st_size / 2**20:.0f} MiB)")
     # Memory first, while no process but the ranks maps the cache (this one would share its pages).
     one, two = memory(path, 1), memory(path, 2)
     print(f"memory of the cache mapping ({path.stat().st_size / 2**20:.0f} MiB file), summed over ranks: "

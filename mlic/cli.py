@@ -67,12 +67,14 @@ def _check_data(args) -> int:
     from mlic.data.check import check_data
 
     labels = set(args.labels.split(",")) if args.labels else None
-    problems = check_data(args.root, args.format, labels, args.workers, args.image_column, args.label_column,
-                          args.split)
+    problems, warnings = check_data(args.root, args.format, labels, args.workers, args.image_column,
+                                    args.label_column, args.split, args.max_pixels)
     for line in problems:
         print(line)
-    print(f"{len(problems)} problem(s) in {args.root}", file=sys.stderr)
-    return 1 if problems else 0
+    for line in warnings:  # conversions training makes too: stderr, so stdout stays one line per problem
+        print(line, file=sys.stderr)
+    print(f"{len(problems)} problem(s), {len(warnings)} kind(s) of conversion in {args.root}", file=sys.stderr)
+    return 1 if problems or (args.strict and warnings) else 0
 
 
 def _train(args) -> int:
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _data_commands(sub) -> None:
+    from mlic.config import DataConfig
+
     p = sub.add_parser("demo-data", help="write the synthetic demo corpus (helsinki layout)")
     p.add_argument("dir")
     p.add_argument("--images", type=int, default=2000)
@@ -141,6 +145,10 @@ def _data_commands(sub) -> None:
     p.add_argument("--image-column", default="image", help="hf: the image column (data.image_column)")
     p.add_argument("--label-column", default="labels", help="hf: the label column (data.label_column)")
     p.add_argument("--split", default="train", help="hf: the split of a DatasetDict or hub dataset (data.hf_split)")
+    p.add_argument("--max-pixels", type=int, help="larger images are problems (data.max_pixels, default "
+                   f"{DataConfig.max_pixels:,})")
+    p.add_argument("--strict", action="store_true", help="exit 1 on conversion warnings too (16-bit, "
+                   "transparency, EXIF orientation, ICC profile, animated)")
     p.add_argument("--workers", type=int, default=4)
     p.set_defaults(func=_check_data)
 

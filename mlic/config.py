@@ -33,6 +33,10 @@ class DataConfig:
     num_workers: int = 2
     labels: list[str] | None = None  # expected label names: the data must have exactly these
     skip_bad: bool = False  # drop unreadable images (counted in metrics.jsonl) instead of stopping
+    background: str = "white"  # fills transparent pixels: a colour name or '#rrggbb' (PIL.ImageColor)
+    # Larger images are refused as decompression bombs (like unreadable ones, skippable under skip_bad).
+    # Pillow's own default limit; raise it for real scans this large.
+    max_pixels: int = 89_478_485
     demo_images: int = 2000
     demo_seed: int = 0
 

@@ -16,13 +16,14 @@ from mlic.config import Config, config_from_dict
 from mlic.data.cache import decode_square
 from mlic.data.datasets import (
     IMAGE_SUFFIXES,
+    DecodeFiles,
     MultilabelImages,
-    ReadFiles,
     Transformed,
     decode_problems,
     image_number,
     load_dataset,
 )
+from mlic.data.decode import DecodeSettings
 from mlic.data.pipeline import PassThrough, load_split
 from mlic.data.transforms import DeviceTransform, per_image_transform
 from mlic.errors import MlicError
@@ -58,8 +59,9 @@ def _eval_inputs(dataset: MultilabelImages, rows: np.ndarray, cfg: Config, meta:
     return DataLoader(Subset(source, rows), batch_size=batch_size, num_workers=workers), transform
 
 
-def folder_images(folder: Path) -> MultilabelImages:
-    """A folder of images to predict (or ROOT with images/): image-number order for im{N}.jpg names."""
+def folder_images(folder: Path, settings: DecodeSettings) -> MultilabelImages:
+    """A folder of images to predict (or ROOT with images/): image-number order for im{N}.jpg names,
+    decoded with the training run's `settings`."""
     if (folder / "images").is_dir():
         folder = folder / "images"
     if not folder.is_dir():
@@ -68,8 +70,8 @@ def folder_images(folder: Path) -> MultilabelImages:
     if not files:
         raise MlicError(f"{folder}: no images")
     files.sort(key=lambda p: (image_number(p.name) is None, image_number(p.name) or 0, p.name))
-    return MultilabelImages([], np.zeros((len(files), 0), np.uint8), [p.name for p in files], ReadFiles(files),
-                            str(folder), "predict")
+    return MultilabelImages([], np.zeros((len(files), 0), np.uint8), [p.name for p in files],
+                            DecodeFiles(files, settings), str(folder), "predict")
 
 
 def infer(model, loader, transform) -> np.ndarray:
@@ -92,7 +94,7 @@ def predict_command(model_dir: str, images: str, out: str | None, probs_path: st
                     batch_size: int, workers: int) -> int:
     model, meta = load_exported(model_dir)
     cfg = config_from_dict(meta["config"])
-    dataset = folder_images(Path(images))
+    dataset = folder_images(Path(images), DecodeSettings.from_config(cfg.data))  # decoded as training did
     problems = {p.row: p.text for p in decode_problems(dataset, workers)}
     for problem in problems.values():
         print(problem, file=sys.stderr)

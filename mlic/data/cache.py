@@ -1,9 +1,9 @@
 """Decode once: a uint8 (N, 3, S, S) memory-mapped cache of a dataset's images.
 
 Ranks on one node map the same file, so the page cache holds one copy for all of them. The file is
-named by the dataset's fingerprint (file names, sizes, mtimes), the side S, and the rows left out
-(unreadable images under `data.skip_bad`, stored as zeros): a changed source, side or set of rows gets a
-new cache. One process per node builds it (the caller wraps this in `local_main_process_first`), into
+named by the dataset's fingerprint (file names, sizes, mtimes, decode settings: `data.background`,
+`data.max_pixels`), the side S, and the rows left out (unreadable images under `data.skip_bad`, stored as
+zeros): a changed source, decode setting, side or set of rows gets a new cache. One process per node builds it (the caller wraps this in `local_main_process_first`), into
 a temporary file renamed into place, so a reader never sees half a cache.
 """
 

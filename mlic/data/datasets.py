@@ -1,51 +1,28 @@
 """The dataset object every format produces, image decoding, and loading one by config.
 
 A dataset is built once, by its format's parser (`mlic.data.formats`), and never changes: row i is
-the image `read(i)` with target `targets[i]`. Splits, and the rows left out under `data.skip_bad`, are
+the image `read(i)` (decoded by `mlic.data.decode.decode_image`) with target `targets[i]`. Splits, and the rows left out under `data.skip_bad`, are
 `torch.utils.data.Subset`s of it, so a row number always means a row of the full dataset.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import torch
 from PIL import Image
 
+from mlic.data.decode import Decoded, DecodeReport, DecodeSettings, decode_image
 from mlic.errors import DataError
 
 IMAGE_NAME = re.compile(r"^im(\d+)\.jpe?g$", re.IGNORECASE)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SHOWN_PROBLEMS = 5  # a training error names this many problems; `mlic check-data` lists them all
-
-
-def open_rgb(path: str | Path | IO[bytes], name: str | None = None) -> Image.Image:
-    """Decode an image fully and convert it to RGB (grayscale, CMYK, palette and alpha images too).
-
-    The one place images are decoded: training, the cache, `check-data` and prediction all come here,
-    so an image `check-data` passes is one training can read, with the same error text when not."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise DataError(f"{name or path}: cannot read image: {_why_unreadable(path, exc)}") from None
-
-
-def _why_unreadable(path, exc: Exception) -> str:
-    if isinstance(path, (str, Path)) and os.path.isfile(path) and os.path.getsize(path) == 0:
-        return "zero-byte file"
-    text = str(exc)
-    if "truncated" in text:  # only a full decode shows it: Image.open alone reads the header
-        return f"truncated image ({text})"
-    return f"not a readable image ({type(exc).__name__}: {text})"
 
 
 @dataclass(frozen=True)
@@ -63,14 +40,14 @@ class Problem:
         return self.text
 
 
-class ReadFiles:
-    """`read` for file-based formats: row i is `paths[i]` (a class, not a lambda: workers may pickle it)."""
+class DecodeFiles:
+    """`decode` for file-based formats: row i is `paths[i]` (a class, not a lambda: workers may pickle it)."""
 
-    def __init__(self, paths: Sequence[Path]):
-        self.paths = list(paths)
+    def __init__(self, paths: Sequence[Path], settings: DecodeSettings):
+        self.paths, self.settings = list(paths), settings
 
-    def __call__(self, i: int) -> Image.Image:
-        return open_rgb(self.paths[i])
+    def __call__(self, i: int) -> Decoded:
+        return decode_image(self.paths[i], self.settings)
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,14 +55,15 @@ class MultilabelImages(torch.utils.data.Dataset):
     """Every row of one source, immutable: sample i = (RGB PIL image, multi-hot float target, i).
 
     `targets` is a read-only (N, C) uint8 array (all zeros for an image with no label); `names` are
-    file names (for results files and error analysis); `read(i)` decodes row i through `open_rgb`;
-    `fingerprint` changes when the source changes and keys the decoded cache.
+    file names (for results files and error analysis); `decode(i)` decodes row i through `decode_image`
+    (the image and the conversions it took), `read(i)` is its image; `fingerprint` changes when the
+    source or the decode settings change and keys the decoded cache.
     """
 
     label_names: list[str]
     targets: np.ndarray
     names: list[str]
-    read: Callable[[int], Image.Image]
+    decode: Callable[[int], Decoded]
     source: str
     fingerprint: str
 
@@ -102,6 +80,9 @@ class MultilabelImages(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def read(self, i: int) -> Image.Image:
+        return self.decode(i).image
 
     def __getitem__(self, i: int):
         i = int(i)
@@ -122,18 +103,24 @@ class Transformed(torch.utils.data.Dataset):
         return self.transform(image), target, row
 
 
-def decode_problems(dataset: MultilabelImages, workers: int = 4) -> list[Problem]:
-    """Decode every row once; a Problem (with its row) for each image that cannot be read."""
+def decode_problems(dataset: MultilabelImages, workers: int = 4, report: DecodeReport | None = None
+                    ) -> list[Problem]:
+    """Decode every row once; a Problem (with its row) for each image that cannot be read. `report`, when
+    given, collects the conversions the readable ones took."""
 
-    def problem(i: int) -> Problem | None:
+    def decode(i: int) -> Problem | tuple[str, ...]:
         try:
-            dataset.read(i)
+            return dataset.decode(i).conversions
         except DataError as exc:
             return Problem(str(exc), row=i)
-        return None
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL releases the GIL while decoding
-        return [p for p in pool.map(problem, range(len(dataset))) if p is not None]
+        outcomes = list(pool.map(decode, range(len(dataset))))
+    if report is not None:  # in row order, so the files a warning names do not depend on thread timing
+        for name, outcome in zip(dataset.names, outcomes):
+            if not isinstance(outcome, Problem):
+                report.add(name, outcome)
+    return [p for p in outcomes if isinstance(p, Problem)]
 
 
 def check_command(fmt: str, root, image_column: str = "image", label_column: str = "labels",
@@ -209,7 +196,8 @@ def load_dataset(cfg_data, workers: int = 4) -> tuple[MultilabelImages, np.ndarr
         root = str(demo_root(cfg_data.demo_images, cfg_data.demo_seed))
     dataset, problems = parse(cfg_data.format, root, image_column=cfg_data.image_column,
                               label_column=cfg_data.label_column, split=cfg_data.hf_split,
-                              decode=cfg_data.skip_bad, workers=workers)
+                              settings=DecodeSettings.from_config(cfg_data), decode=cfg_data.skip_bad,
+                              workers=workers)
     check = check_command(cfg_data.format, root, cfg_data.image_column, cfg_data.label_column, cfg_data.hf_split)
     return dataset, usable_rows(dataset, problems, check, skip_unreadable=cfg_data.skip_bad)
 

@@ -15,14 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlic.data.datasets import (
-    MultilabelImages,
-    Problem,
-    ReadFiles,
-    decode_problems,
-    image_number,
-    open_rgb,
-)
+from mlic.data.datasets import DecodeFiles, MultilabelImages, Problem, decode_problems, image_number
+from mlic.data.decode import DecodeReport, DecodeSettings, decode_image
 from mlic.errors import DataError
 
 Parsed = tuple[MultilabelImages | None, list[Problem]]
@@ -37,23 +31,26 @@ def _file_fingerprint(paths: Sequence[Path], extra: str) -> str:
 
 
 def parse(fmt: str, root, *, image_column: str = "image", label_column: str = "labels", split: str = "train",
-          labels: Collection[str] | None = None, decode: bool = False, workers: int = 4) -> Parsed:
+          labels: Collection[str] | None = None, settings: DecodeSettings | None = None, decode: bool = False,
+          workers: int = 4, report: DecodeReport | None = None) -> Parsed:
     """The format's parser; with `decode`, also every image that cannot be decoded (a Problem with its
-    row). `labels`: the known label names; others are problems."""
+    row), and into `report` the conversions the others took. `labels`: the known label names; others
+    are problems. `settings`: how images are decoded (default: DataConfig's)."""
+    settings = settings or DecodeSettings.from_config()
     if fmt == "helsinki":
-        dataset, problems = parse_helsinki(root, labels)
+        dataset, problems = parse_helsinki(root, labels, settings)
     elif fmt == "csv":
-        dataset, problems = parse_csv(root, labels)
+        dataset, problems = parse_csv(root, labels, settings)
     elif fmt == "hf":
-        dataset, problems = parse_hf(root, image_column, label_column, split, labels)
+        dataset, problems = parse_hf(root, image_column, label_column, split, labels, settings)
     else:
         raise DataError(f"data.format {fmt!r}: expected helsinki, csv or hf")
     if decode and dataset is not None:
-        problems += decode_problems(dataset, workers)
+        problems += decode_problems(dataset, workers, report)
     return dataset, problems
 
 
-def parse_helsinki(root, labels: Collection[str] | None = None) -> Parsed:
+def parse_helsinki(root, labels: Collection[str] | None = None, settings: DecodeSettings | None = None) -> Parsed:
     """ROOT/images/im{N}.jpg and ROOT/annotations/{label}.txt (1-based image numbers, one per line).
 
     Rows are in image-number order. Without an annotations folder the images are a test set: no labels,
@@ -85,8 +82,9 @@ def parse_helsinki(root, labels: Collection[str] | None = None) -> Parsed:
         ann_files, targets, ann_problems = _annotations(root / "annotations", row_of, labels)
         label_names = [p.stem for p in ann_files]
         problems += ann_problems
-    dataset = MultilabelImages(label_names, targets, [p.name for p in paths], ReadFiles(paths), str(root),
-                               _file_fingerprint(paths + ann_files, "helsinki"))
+    settings = settings or DecodeSettings.from_config()
+    dataset = MultilabelImages(label_names, targets, [p.name for p in paths], DecodeFiles(paths, settings),
+                               str(root), _file_fingerprint(paths + ann_files, f"helsinki|{settings.key}"))
     return dataset, problems
 
 
@@ -125,7 +123,7 @@ def _annotations(ann_dir: Path, row_of: dict[int, int], labels: Collection[str] 
     return ann_files, targets, problems
 
 
-def parse_csv(root, labels: Collection[str] | None = None) -> Parsed:
+def parse_csv(root, labels: Collection[str] | None = None, settings: DecodeSettings | None = None) -> Parsed:
     """ROOT/labels.csv (or data.csv) with columns path,labels; labels '|'-separated, may be empty;
     paths relative to the CSV."""
     root = Path(root)
@@ -165,19 +163,20 @@ def parse_csv(root, labels: Collection[str] | None = None) -> Parsed:
     for i, (_, names) in enumerate(rows):
         targets[i, [col[name] for name in names]] = 1
     paths = [root / rel for rel, _ in rows]
-    dataset = MultilabelImages(label_names, targets, [rel for rel, _ in rows], ReadFiles(paths), str(manifest),
-                               _file_fingerprint([manifest, *paths], "csv"))
+    settings = settings or DecodeSettings.from_config()
+    dataset = MultilabelImages(label_names, targets, [rel for rel, _ in rows], DecodeFiles(paths, settings),
+                               str(manifest), _file_fingerprint([manifest, *paths], f"csv|{settings.key}"))
     return dataset, problems
 
 
-class ReadHf:
-    """`read` for a Hugging Face dataset: the image column's bytes (or file), decoded by `open_rgb`."""
+class DecodeHf:
+    """`decode` for a Hugging Face dataset: the image column's bytes (or file), through `decode_image`."""
 
-    def __init__(self, ds, column: str, root: str):
+    def __init__(self, ds, column: str, root: str, settings: DecodeSettings):
         import datasets
 
         self.images = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
-        self.column, self.root = column, root
+        self.column, self.root, self.settings = column, root, settings
 
     def __call__(self, i: int):
         value = self.images[int(i)][self.column]
@@ -185,8 +184,8 @@ class ReadHf:
         if not value or not (value.get("bytes") or value.get("path")):
             raise DataError(f"{name}: cannot read image: no image in column {self.column!r}")
         if value.get("bytes"):
-            return open_rgb(io.BytesIO(value["bytes"]), name)
-        return open_rgb(value["path"], name)
+            return decode_image(io.BytesIO(value["bytes"]), self.settings, name)
+        return decode_image(value["path"], self.settings, name)
 
 
 def _load_hf(root: str, split: str):
@@ -206,7 +205,7 @@ def _load_hf(root: str, split: str):
 
 
 def parse_hf(root: str, image_column: str = "image", label_column: str = "labels", split: str = "train",
-             labels: Collection[str] | None = None) -> Parsed:
+             labels: Collection[str] | None = None, settings: DecodeSettings | None = None) -> Parsed:
     """A Hugging Face dataset (a `save_to_disk` folder or a hub name) with an image column and either a
     list-of-labels column (ClassLabel ids or names) or a multi-hot column."""
     root = str(root)
@@ -223,14 +222,15 @@ def parse_hf(root: str, image_column: str = "image", label_column: str = "labels
         return None, [Problem(f"{root}:{label_column}: neither label lists nor equal-length 0/1 multi-hot rows "
                               f"({type(exc).__name__}: {exc})")]
     try:
-        read = ReadHf(ds, image_column, root)
+        settings = settings or DecodeSettings.from_config()
+        decode = DecodeHf(ds, image_column, root, settings)
     except (ValueError, TypeError) as exc:  # datasets cannot cast the column to images
         return None, [Problem(f"{root}:{image_column}: not an image column ({exc})")]
     problems = [Problem(f"{root}:{label_column}: unknown label {name!r}")
                 for name in label_names if labels is not None and name not in labels]
     files = [Path(f["filename"]) for f in ds.cache_files]  # the dataset's arrow files: key the decoded cache
-    fingerprint = _file_fingerprint(files, f"hf|{root}|{split}|{image_column}|{label_column}")
-    return MultilabelImages(label_names, targets, [f"{i}" for i in range(len(ds))], read, root, fingerprint), problems
+    fingerprint = _file_fingerprint(files, f"hf|{root}|{split}|{image_column}|{label_column}|{settings.key}")
+    return MultilabelImages(label_names, targets, [f"{i}" for i in range(len(ds))], decode, root, fingerprint), problems
 
 
 def _hf_targets(raw: list, feature) -> tuple[list[str], np.ndarray]:
