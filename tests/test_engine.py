@@ -57,6 +57,7 @@ def test_demo_fit_writes_the_run_folder(tmp_path):
     assert "figures/class_weights" in events.Tags()["images"]
 
 
+@pytest.mark.slow
 def test_demo_recipe_beats_trivial_baselines(tmp_path):
     """The shipped demo config, as the README runs it: val macro-F1 well above the best data-blind predictor
     (all-negative, all-positive, or each label drawn at its prior rate)."""
