@@ -37,6 +37,14 @@ class Run:
     preprocess: Preprocess  # `size` is the model's input side, `data.image_size` applied
     identity: dict[str, Any]  # what a checkpoint must match to be resumed by this run
     cast: torch.dtype | None  # input dtype under DeepSpeed half precision
+    steps_per_epoch: int  # optimizer steps of an epoch on each rank (train.max_steps_per_epoch applied)
+
+
+def steps_per_epoch(cfg: Config, batches_per_rank: int) -> int:
+    """Optimizer steps in an epoch: accelerate ends an accumulation at the loader's end, and
+    `train.max_steps_per_epoch` caps the count."""
+    steps = math.ceil(batches_per_rank / cfg.train.grad_accum)
+    return min(steps, cfg.train.max_steps_per_epoch) if cfg.train.max_steps_per_epoch else steps
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -112,8 +120,8 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.loss.pos_weight, data.train_targets, cfg.loss.pos_weight_clip)
     optimizer = build_optimizer(cfg, model, accelerator.distributed_type == DistributedType.DEEPSPEED)
-    steps_per_epoch = math.ceil(len(data.train_loader) / accelerator.num_processes / cfg.train.grad_accum)
-    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+    # accelerate deals each rank the same number of whole batches (the loader drops the last partial one)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch(cfg, len(data.train_loader) // accelerator.num_processes))
     if cfg.train.compile:
         model = torch.compile(model)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
@@ -124,4 +132,4 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     identity = {"model": cfg.model.name, "label_names": dataset.label_names}
     return Run(cfg, accelerator, Path(cfg.run.output_dir), data, model, optimizer, scheduler,
                loss_fn.to(accelerator.device), train_loader, val_loader, preprocess, identity,
-               input_dtype(accelerator))
+               input_dtype(accelerator), steps_per_epoch(cfg, len(train_loader)))

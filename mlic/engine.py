@@ -6,6 +6,7 @@ model -> save a checkpoint. What a checkpoint holds is `mlic.run_state`; buildin
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from mlic.errors import ConfigError, MlicError
 from mlic.export import export_model
 from mlic.metrics import METRIC_KEYS, compute_metrics, heldout_tuned_f1_macro, tune_thresholds, tuned_metrics
 from mlic.models import architecture
-from mlic.preemption import StopSignal
+from mlic.preemption import StopSignal, any_rank
 from mlic.run_lock import RunFolderLock
 from mlic.run_log import log_epoch, log_step, start_run_folder, trim_metrics
 from mlic.run_state import RunState, latest_checkpoint
@@ -35,7 +36,7 @@ __all__ = ["build_optimizer", "build_scheduler", "evaluate", "fit", "predict_log
 def fit(cfg: Config) -> dict[str, dict]:
     """Train per `cfg`. Returns the last epoch's {"train": ..., "val": ...} metrics, or {"stopped": ...}
     when a stop request (SIGTERM, SIGUSR1, the stop file) ended the run after its checkpoint."""
-    check_select_metric(cfg.train.select_metric)
+    check_select_metric(cfg)
     accelerator = make_accelerator(cfg)
     if accelerator.device.type == "cpu" and cfg.train.keep_host_memory:
         keep_freed_memory()
@@ -74,21 +75,23 @@ class EpochResult:
 def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> EpochResult:
     """One pass over the epoch's sampled order, from where `state` stands. Outputs stay on the device
     until the epoch ends; the loop reads back only the loss logs (every `train.log_every` steps), stop
-    checks (every `train.stop_check_every`) and mid-epoch checkpoints."""
+    checks (every `train.stop_check_every`) and mid-epoch checkpoints. The epoch's last step neither
+    stops nor saves: `fit` evaluates, saves and checks for a stop right after it."""
     acc, cfg = run.accelerator, run.cfg.train
     run.model.train()
     done = state.step_in_epoch * cfg.grad_accum  # batches (per rank) of this epoch already trained on
-    outputs = EpochOutputs(acc)
+    outputs = EpochOutputs(acc, track_finite=not cfg.skip_nonfinite)
     start = time.perf_counter()
     for micro_step, (images, target, _) in enumerate(_epoch_batches(run, state, done), start=done):
         generator = seed_step(acc.device, cfg.seed, state.epoch, micro_step, acc.process_index)
-        logits, loss, finite, skipped = train_step(run, images, target, generator)
-        if skipped:  # a skipped step's outputs stay out of the metrics
-            state.skipped_steps += 1
-        else:
-            outputs.add(logits, target, loss, finite, state.global_step + 1, track_finite=not cfg.skip_nonfinite)
+        with acc.accumulate(run.model):
+            logits, loss = forward_backward(run, images, target, generator)
+            outputs.add(logits, target, loss, state.global_step + 1)
+            skipped = optimizer_step(run, outputs, state.global_step + 1)
         if not acc.sync_gradients:
             continue
+        outputs.end_window(keep=not skipped)  # a skipped step's outputs stay out of the metrics
+        state.skipped_steps += skipped
         state.step_done(cfg.batch_size * cfg.grad_accum * acc.num_processes)
         if run.cfg.schedule.interval == "step":
             run.scheduler.step()
@@ -96,14 +99,14 @@ def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> EpochResult:
         if cfg.log_every and state.global_step % cfg.log_every == 0:
             outputs.check_finite(run, state)
             log_step(run, state.global_step, loss)
+        if state.step_in_epoch >= run.steps_per_epoch:
+            break
         if state.global_step % cfg.stop_check_every == 0 and stop.requested(acc):
             outputs.check_finite(run, state)  # never checkpoint a diverged model
             return EpochResult({}, stopped=True)
         if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0:
             outputs.check_finite(run, state)
             save_checkpoint(run, state)
-        if cfg.max_steps_per_epoch and state.step_in_epoch >= cfg.max_steps_per_epoch:
-            break
     elapsed = time.perf_counter() - start
     outputs.check_finite(run, state)
     if run.cfg.schedule.interval == "epoch":
@@ -114,27 +117,32 @@ def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> EpochResult:
     return EpochResult(metrics, stopped=False)
 
 
-def train_step(run: Run, images, target, generator: torch.Generator):
-    """Forward, backward and (at the end of an accumulation) the optimizer step.
-    Returns (logits, loss, finite, skipped) with tensors still on the device."""
-    acc, cfg = run.accelerator, run.cfg.train
+def forward_backward(run: Run, images, target, generator: torch.Generator):
+    """The augmented batch through the model, the loss and its gradients. Returns (logits, loss),
+    detached, on the device."""
     x = run.data.train_transform(images, generator)
     if run.cast is not None:
         x = x.to(run.cast)
-    with acc.accumulate(run.model):
-        logits = run.model(x).float()
-        loss = run.loss_fn(logits, target)
-        if faults.hit("nan"):
-            loss = loss * float("nan")
-        acc.backward(loss)
-        finite = torch.isfinite(loss.detach())
-        if acc.sync_gradients and cfg.clip_grad_norm is not None:
-            finite &= torch.isfinite(acc.clip_grad_norm_(run.model.parameters(), cfg.clip_grad_norm))
-        skipped = cfg.skip_nonfinite and _any_rank(acc, ~finite)  # one host sync per step, only when asked
-        if not skipped:
-            run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
-    return logits.detach(), loss.detach(), finite, skipped
+    logits = run.model(x).float()
+    loss = run.loss_fn(logits, target)
+    if faults.hit("nan"):
+        loss = loss * float("nan")
+    run.accelerator.backward(loss)
+    return logits.detach(), loss.detach()
+
+
+def optimizer_step(run: Run, outputs: EpochOutputs, step: int) -> bool:
+    """At the end of an accumulation: clip, then step unless `train.skip_nonfinite` finds a non-finite
+    loss or gradient norm anywhere in the accumulation, on any rank (one host sync per step, only in
+    that mode). Between, accelerate makes step and zero_grad no-ops. Returns whether it skipped."""
+    acc, cfg = run.accelerator, run.cfg.train
+    if acc.sync_gradients and cfg.clip_grad_norm is not None:
+        outputs.note_finite(torch.isfinite(acc.clip_grad_norm_(run.model.parameters(), cfg.clip_grad_norm)), step)
+    skipped = cfg.skip_nonfinite and acc.sync_gradients and any_rank(acc, ~outputs.window_finite)
+    if not skipped:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return skipped
 
 
 def _epoch_batches(run: Run, state: RunState, done: int):
@@ -144,9 +152,10 @@ def _epoch_batches(run: Run, state: RunState, done: int):
     if done:  # resumed mid-epoch: the same global order, minus what was trained on
         loader = run.accelerator.skip_first_batches(loader, done)
         loader.set_epoch(state.epoch)  # a new loader counts epochs from 0: the sampler must see this one
+    left = max(0, run.steps_per_epoch * run.cfg.train.grad_accum - done)  # train.max_steps_per_epoch
     show = run.accelerator.is_main_process and run.cfg.run.progress
-    return tqdm(loader, desc=f"epoch {state.epoch} train", disable=None if show else True, leave=False,
-                initial=state.step_in_epoch)  # disable=None: no bar when stderr is not a terminal
+    return tqdm(itertools.islice(loader, left), desc=f"epoch {state.epoch} train", total=left, leave=False,
+                disable=None if show else True)  # disable=None: no bar when stderr is not a terminal
 
 
 def seed_step(device: torch.device, seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
@@ -163,21 +172,30 @@ def seed_step(device: torch.device, seed: int, epoch: int, step: int, rank: int)
 
 class EpochOutputs:
     """The epoch's training outputs, kept on the device and gathered once, and the first step whose
-    loss or gradient norm was not finite (also on the device: read only where the loop syncs anyway)."""
+    loss or gradient norm was not finite (also on the device: read only where the loop syncs anyway).
+    Outputs of an accumulation are held apart until its optimizer step is taken or skipped."""
 
-    def __init__(self, accelerator: Accelerator):
-        self.accelerator = accelerator
-        self.probs: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
-        self.losses: list[torch.Tensor] = []
+    def __init__(self, accelerator: Accelerator, track_finite: bool):
+        self.accelerator, self.track_finite = accelerator, track_finite
+        self.kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.window: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.window_finite = torch.ones((), dtype=torch.bool, device=accelerator.device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=accelerator.device)
 
-    def add(self, logits, target, loss, finite, step: int, track_finite: bool) -> None:
-        self.probs.append(torch.sigmoid(logits))
-        self.targets.append(target)
-        self.losses.append(loss)
-        if track_finite:
+    def add(self, logits, target, loss, step: int) -> None:
+        self.window.append((torch.sigmoid(logits), target, loss.reshape(1)))
+        self.note_finite(torch.isfinite(loss), step)
+
+    def note_finite(self, finite: torch.Tensor, step: int) -> None:
+        self.window_finite = self.window_finite & finite
+        if self.track_finite:
             self.first_bad = torch.where((self.first_bad < 0) & ~finite, step, self.first_bad)
+
+    def end_window(self, keep: bool) -> None:
+        if keep:
+            self.kept += self.window
+        self.window = []
+        self.window_finite = torch.ones_like(self.window_finite)
 
     def check_finite(self, run: Run, state: RunState) -> None:
         """Every rank calls this together; all raise the same error."""
@@ -190,12 +208,12 @@ class EpochOutputs:
                 "train.clip_grad_norm, or skip such steps with train.skip_nonfinite=true")
 
     def metrics(self, num_labels: int) -> dict[str, float]:
-        """Every rank trains the same number of full batches (drop_last), so a plain gather suffices."""
-        device = self.accelerator.device
-        probs = torch.cat(self.probs) if self.probs else torch.empty(0, num_labels, device=device)
-        targets = torch.cat(self.targets).float() if self.targets else torch.empty(0, num_labels, device=device)
-        losses = torch.stack(self.losses).float() if self.losses else torch.empty(0, device=device)
-        probs, targets, losses = (self.accelerator.gather(v.contiguous()).cpu() for v in (probs, targets, losses))
+        """Every rank trains the same number of full batches (drop_last), so a plain gather suffices.
+        With nothing trained (a resume at the epoch's very end): NaN figures over 0 images."""
+        if not self.kept:
+            return {**dict.fromkeys((*METRIC_KEYS, "loss"), float("nan")), "images": 0}
+        probs, targets, losses = (torch.cat(v) for v in zip(*self.kept))
+        probs, targets, losses = (self.accelerator.gather(v.float().contiguous()).cpu() for v in (probs, targets, losses))
         metrics = compute_metrics(targets.numpy(), probs.numpy())
         metrics.update(loss=float(losses.mean()), images=len(targets))
         return metrics
@@ -211,11 +229,6 @@ def share_buffers(accelerator: Accelerator, model) -> None:
     if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.num_processes > 1:
         for buffer in accelerator.unwrap_model(model).buffers():
             broadcast(buffer, from_process=0)
-
-
-def _any_rank(accelerator, flag: torch.Tensor) -> bool:
-    flag = flag.float().reshape(1)
-    return bool((accelerator.reduce(flag, reduction="sum") if accelerator.num_processes > 1 else flag).item() > 0)
 
 
 @torch.no_grad()
@@ -267,12 +280,16 @@ def evaluate(model, loader, transform, loss_fn, accelerator, tune: bool = False,
     return metrics, thresholds
 
 
-def check_select_metric(name: str) -> None:
+def check_select_metric(cfg: Config) -> None:
+    """`train.select_metric` names a metric the run reports: `*_tuned` only on val, with per-label thresholds."""
+    name = cfg.train.select_metric
     split, _, key = name.partition("/")
-    known = {*METRIC_KEYS, "loss"} | {f"{k}_tuned" for k in METRIC_KEYS if k != "mAP"}
+    known = {*METRIC_KEYS, "loss"}
+    if split == "val" and cfg.eval.thresholds == "per_label":
+        known |= {f"{k}_tuned" for k in METRIC_KEYS if k != "mAP"}
     if split not in ("train", "val") or key not in known:
-        raise ConfigError(f"config key 'train.select_metric': {name!r} is not a metric; use train/ or val/ with one "
-                          f"of {', '.join(sorted(known))}")
+        raise ConfigError(f"config key 'train.select_metric': {name!r} is not a metric of this run; use train/ or "
+                          f"val/ with one of {', '.join(sorted(known))} (`*_tuned`: val/ with eval.thresholds=per_label)")
 
 
 def resume(run: Run) -> RunState:
@@ -283,15 +300,16 @@ def resume(run: Run) -> RunState:
         return RunState(world_size=acc.num_processes)
     state, path = found
     run.data.sampler.load_state_dict(state.sampler)
-    if state.world_size != acc.num_processes:  # the same global sample position, at the new world size
-        skip = state.batches_to_skip(cfg.batch_size, cfg.grad_accum, acc.num_processes)
-        if skip is None:
-            acc.print(f"warning: {path} was saved by {state.world_size} processes at sample {state.samples_in_epoch} "
-                      f"of epoch {state.epoch}, not a step boundary for {acc.num_processes}: the epoch restarts")
-            state.step_in_epoch = state.samples_in_epoch = 0
-        else:
-            state.step_in_epoch = skip // cfg.grad_accum
-        state.world_size = acc.num_processes
+    # The same position in the epoch's global sample order, whatever the world size or batch is now
+    skip = state.batches_to_skip(cfg.batch_size, cfg.grad_accum, acc.num_processes)
+    if skip is None:
+        acc.print(f"warning: {path} stopped at sample {state.samples_in_epoch} of epoch {state.epoch}, not a step "
+                  f"boundary for {acc.num_processes} process(es) x batch {cfg.batch_size} x accumulation "
+                  f"{cfg.grad_accum}: the epoch restarts")
+        state.step_in_epoch = state.samples_in_epoch = 0
+    else:
+        state.step_in_epoch = skip // cfg.grad_accum
+    state.world_size = acc.num_processes
     acc.print(f"resumed from {path} (epoch {state.epoch}, step {state.step_in_epoch} of it)")
     trim_metrics(run, state.epoch - 1)
     return state

@@ -14,6 +14,13 @@ import threading
 import torch
 
 
+def any_rank(accelerator, flag: torch.Tensor) -> bool:
+    """Whether `flag` (a bool tensor on the device) is true on any rank: one tiny all-reduce and a host
+    sync; call it on every rank."""
+    flag = flag.float().reshape(1)
+    return bool((accelerator.reduce(flag, reduction="sum") if accelerator.num_processes > 1 else flag).item() > 0)
+
+
 class StopSignal:
     """Records a stop request; a context manager that puts the previous signal handlers back."""
 
@@ -35,10 +42,7 @@ class StopSignal:
 
     def requested(self, accelerator) -> bool:
         """True on every rank as soon as any rank was asked to stop (a collective: call it on all ranks)."""
-        if accelerator.num_processes == 1:
-            return self.local()
-        flag = torch.tensor([1.0 if self.local() else 0.0], device=accelerator.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+        return any_rank(accelerator, torch.tensor(self.local(), device=accelerator.device))
 
     def __enter__(self) -> StopSignal:
         return self

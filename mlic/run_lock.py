@@ -40,8 +40,12 @@ class RunFolderLock:
         return self
 
     def _take(self) -> str | None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.folder / LOCK_FILE, "a+")  # noqa: SIM115 (held until __exit__)
+        """None when taken; otherwise why not, for every rank to raise (no rank raises alone)."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.folder / LOCK_FILE, "a+")  # noqa: SIM115 (held until __exit__)
+        except OSError as exc:
+            return f"run folder {self.folder}: cannot write into it ({exc})"
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -51,7 +55,7 @@ class RunFolderLock:
                     "or use another run.output_dir")
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
+                return f"run folder {self.folder}: cannot lock it ({exc})"
             print(f"warning: {self.folder}: this file system cannot lock files ({exc.strerror}); "
                   "nothing stops two runs from sharing this run folder", flush=True)
             return None
