@@ -26,15 +26,11 @@ CACHE_AUTO_LIMIT = 32 * 2**30  # bytes: above this, `data.cache=auto` decodes pe
 
 class Split(NamedTuple):
     """The full dataset and the rows of it for training and for validation (sorted, disjoint). Under
-    `data.skip_bad` the unreadable rows are in neither: `skipped` lists them."""
+    `data.skip_bad` the unreadable rows are in neither (`Data.skipped_images` counts them)."""
 
     dataset: MultilabelImages
     train_idx: np.ndarray
     val_idx: np.ndarray
-
-    @property
-    def skipped(self) -> np.ndarray:
-        return np.setdiff1d(np.arange(len(self.dataset)), np.concatenate([self.train_idx, self.val_idx]))
 
 
 @dataclass
