@@ -27,7 +27,8 @@ def train_main(model: str, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"train/{model}.py", description=f"Train {model} (Accelerate-aware).")
     parser.add_argument("--config", help=f"experiment YAML (default: configs/{model}.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-4 train.epochs=2")
-    args = parser.parse_args(argv)
+    # intermixed: `--config` may come after overrides, as when slurm/*.sh puts run.output_dir first
+    args = parser.parse_intermixed_args(argv)
     try:
         from mlic.config import load_config
 
@@ -105,7 +106,8 @@ def _analyze(args) -> int:
 def _tables(args) -> int:
     from mlic.tables import tables_command
 
-    return tables_command(args.table, args.scale, args.dry_run, args.collect, args.overrides, args.runs)
+    return tables_command(args.table, args.scale, args.dry_run, args.collect, args.overrides, args.runs, args.submit,
+                          args.sbatch_args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,9 +166,13 @@ def _training_commands(sub) -> None:
     p = sub.add_parser("tables", help="run or submit the grid of one report table, and print it in the report's layout")
     p.add_argument("table", help="1-6, or ablations")
     p.add_argument("--scale", choices=["demo", "full"], default="full",
-                   help="demo: tiny runs on the demo data (CPU, minutes); full: the real recipes (sbatch if present)")
+                   help="demo: tiny runs on the demo data (CPU, minutes); full: the real recipes")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their exact commands")
     p.add_argument("--collect", action="store_true", help="only read the run folders and print the table")
+    p.add_argument("--submit", action="store_true", help="submit the runs to SLURM as one job array "
+                   "(slurm/tables.sh, from a checkout); then --collect once it is done")
+    p.add_argument("--sbatch", dest="sbatch_args", action="append", default=[], metavar="OPTION",
+                   help="with --submit: an sbatch option (repeatable), e.g. --sbatch=--gres=gpu:1 --sbatch=--cpus-per-task=1")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for every run (repeatable), e.g. --set train.epochs=1")
     p.add_argument("--runs", default="runs", help="folder of the run folders (relative to the current folder)")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 
 from mlic import faults
 from mlic.build import Run
@@ -19,11 +21,12 @@ METRICS_FILE = "metrics.jsonl"
 def start_run_folder(run: Run) -> None:
     """The resolved config, TensorBoard, and the data figures once per run folder."""
     acc, data = run.accelerator, run.data
+    hosts = sorted(set(gather_object([socket.gethostname()])))  # the machines this run spans
     if acc.is_main_process:
         run.out.mkdir(parents=True, exist_ok=True)
         recover_export(run.out / "model")
-        save_resolved(run.cfg, run.out / "config.yaml", world_size=acc.num_processes,
-                      mixed_precision=acc.mixed_precision, distributed_type=str(acc.distributed_type),
+        save_resolved(run.cfg, run.out / "config.yaml", world_size=acc.num_processes, machines=len(hosts),
+                      hosts=hosts, mixed_precision=acc.mixed_precision, distributed_type=acc.distributed_type.value,
                       label_names=data.dataset.label_names, train_images=len(data.train), val_images=len(data.val),
                       cached=data.cached)
     acc.init_trackers("tensorboard", config=_flat_hparams(run.cfg))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -154,24 +155,39 @@ def collect(table: Table, scale: str, runs: str | Path = "runs") -> str:
     return "\n".join(lines)
 
 
+def submit(table: Table, scale: str, extra: list[str], runs: str | Path, sbatch_args: list[str]) -> int:
+    """The table's runs as one SLURM job array of slurm/tables.sh; `--collect` renders it once they are done."""
+    if not shutil.which("sbatch"):
+        raise MlicError("--submit needs SLURM's sbatch on PATH; without it, leave out --submit to run here")
+    if not Path("slurm/tables.sh").is_file():
+        raise MlicError(f"sbatch needs slurm/tables.sh of an mlic checkout; not in {Path.cwd()}: run from the checkout")
+    overrides = [*(DEMO_OVERRIDES if scale == "demo" else []), *extra]
+    cmd = ["sbatch", "--parsable", f"--array=0-{len(table.columns) - 1}", *sbatch_args, "slurm/tables.sh",
+           table.key.removeprefix("table"), *overrides]
+    print(shlex.join(cmd), flush=True)
+    env = {**os.environ, "MLIC_TABLE_RUNS": str(run_dir(table, "", scale, runs).parent)}
+    done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    if done.returncode == 0:
+        job = done.stdout.strip().split(";")[0]
+        print(f"submitted job array {job}; when it is done: mlic tables {table.key.removeprefix('table')} "
+              f"--scale {scale} --collect" + ("" if str(runs) == "runs" else f" --runs {runs}"))
+    return done.returncode
+
+
 def tables_command(number: str, scale: str, dry_run: bool, collect_only: bool, extra: list[str],
-                   runs: str = "runs") -> int:
+                   runs: str = "runs", submit_job: bool = False, sbatch_args: list[str] | None = None) -> int:
     table = get_table(number)
     cmds = commands(table, scale, extra, runs)
     if dry_run:
         print(f"# {table.title}: {len(cmds)} runs ({scale} scale)")
         for cmd in cmds:
             print(shlex.join(cmd))
-        if scale == "full":
-            print(f"# or on SLURM: sbatch --array=0-{len(cmds) - 1} slurm/tables.sh {table.key.removeprefix('table')}")
+        print(f"# or on SLURM: mlic tables {table.key.removeprefix('table')} --scale {scale} --submit "
+              f"(sbatch --array=0-{len(cmds) - 1} slurm/tables.sh {table.key.removeprefix('table')})")
         return 0
+    if submit_job:
+        return submit(table, scale, extra, runs, sbatch_args or [])
     if not collect_only:
-        if scale == "full" and shutil.which("sbatch"):
-            if not Path("slurm/tables.sh").is_file():
-                raise MlicError(f"sbatch needs slurm/tables.sh of an mlic checkout; not in {Path.cwd()}: run from the checkout")
-            cmd = ["sbatch", f"--array=0-{len(cmds) - 1}", "slurm/tables.sh", table.key.removeprefix("table"), *extra]
-            print(shlex.join(cmd))
-            return subprocess.run(cmd).returncode
         for cmd in cmds:
             print(shlex.join(cmd), flush=True)
             done = subprocess.run(cmd)

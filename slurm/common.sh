@@ -22,6 +22,12 @@ MAIN_IP=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1
 MAIN_PORT=${MAIN_PORT:-$((29500 + ${SLURM_JOB_ID:-0} % 1000))}
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-launch/multi_gpu.yaml}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-8}}
+# ACCELERATE_USE_CPU=true (how a CPU cluster runs the MULTI_GPU configs) silently turns DeepSpeed off;
+# without a GPU, mlic gives DeepSpeed the gloo backend by itself.
+if [ -n "${ACCELERATE_USE_CPU:-}" ] && grep -q '^distributed_type: *DEEPSPEED' "$ACCELERATE_CONFIG"; then
+  echo "mlic: $ACCELERATE_CONFIG is DeepSpeed: ignoring ACCELERATE_USE_CPU=$ACCELERATE_USE_CPU, which would turn it off"
+  unset ACCELERATE_USE_CPU
+fi
 
 # Preemption: SLURM sends USR1 to this shell (--signal=B:USR1@120) before the time limit or a
 # preemption. We create the stop file; every rank sees it at its next check, they save a checkpoint
@@ -42,13 +48,21 @@ mlic_launch() {
   shift
   local args line
   printf -v args '%q ' "$script" "$@"
-  line="accelerate launch --config_file $(printf '%q' "$ACCELERATE_CONFIG") --num_processes $NUM_PROCESSES"
+  # The c10d store's address: torchrun reads it from PET_RDZV_ENDPOINT. Without it, accelerate's
+  # `same_network: true` configs hand torchrun only master_addr, which c10d ignores: every node then
+  # looks for the store at localhost:29400 (so two jobs on one node collide, and nodes never meet).
+  line="PET_RDZV_ENDPOINT=$MAIN_IP:$MAIN_PORT accelerate launch --config_file $(printf '%q' "$ACCELERATE_CONFIG") --num_processes $NUM_PROCESSES"
+  # is_host: node 0 hosts the c10d store. torch otherwise picks the host by matching addresses, which
+  # fails where every node resolves alike (one machine) or through aliases and second NICs.
   line+=" --num_machines $NNODES --machine_rank \$SLURM_NODEID --rdzv_backend c10d"
+  line+=" --rdzv_conf is_host=\$((SLURM_NODEID == 0))"
   line+=" --main_process_ip $MAIN_IP --main_process_port $MAIN_PORT $args"
   echo "mlic: $line"
   # In the background so that the trap runs as soon as the signal comes (bash defers traps while it
   # waits for a foreground child); wait again after a trap, until the run has saved and exited.
-  srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c "$line" &
+  # shellcheck disable=SC2016  # expands on each node
+  local hello='echo "mlic: node $SLURM_NODEID of $SLURM_NNODES ($(hostname)) starts its processes"'
+  srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c "$hello; $line" &
   local pid=$! status=0
   while true; do
     wait "$pid" && status=0 || status=$?

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One report table as a job array, one array task per run:
 #   mlic tables 5 --dry-run                      # lists the runs (and the sbatch line below)
-#   sbatch --array=0-5 slurm/tables.sh 5         # or: mlic tables 5 --scale full
+#   sbatch --array=0-5 slurm/tables.sh 5         # or: mlic tables 5 --submit; later: mlic tables 5 --collect
 # Each task trains configs/tables/table<N>/<run>.yaml into runs/tables/table<N>/<run>.
 # (`ablations` for the §3-§4 ablations.)
 #SBATCH --job-name=mlic-table
@@ -26,4 +26,5 @@ CONFIG=${RUNS[${SLURM_ARRAY_TASK_ID:-0}]:?no run ${SLURM_ARRAY_TASK_ID:-0} in ta
 NAME=$(basename "$CONFIG" .yaml)
 # The model -> entry map (resnet50 trains through train/resnet152.py, ...) lives once, in mlic.tables.
 ENTRY=$(python -m mlic.tables entry-for "$CONFIG")
-mlic_launch "train/$ENTRY.py" --config "$CONFIG" "run.output_dir=runs/tables/$NAME_DIR/$NAME" "$@"
+# MLIC_TABLE_RUNS: where the run folders go (`mlic tables N --scale demo --submit` sets runs/tables-demo)
+mlic_launch "train/$ENTRY.py" --config "$CONFIG" "run.output_dir=${MLIC_TABLE_RUNS:-runs/tables}/$NAME_DIR/$NAME" "$@"

@@ -21,7 +21,7 @@ echo "scontrol $*" >> "$FAKE_LOG"
 if [ "$1 $2" = "show hostnames" ]; then printf 'gpu-node-001\\ngpu-node-002\\ngpu-node-003\\n' | head -n "$SLURM_NNODES"; fi
 """
 FAKE_ACCELERATE = """#!/usr/bin/env bash
-echo "node=$SLURM_NODEID $*" >> "$FAKE_LOG"
+echo "node=$SLURM_NODEID endpoint=$PET_RDZV_ENDPOINT $*" >> "$FAKE_LOG"
 if [ -n "${FAKE_WAIT_FOR_STOP:-}" ]; then
   touch "$FAKE_LOG.started"
   while [ ! -f "$MLIC_STOP_FILE" ]; do sleep 0.05; done
@@ -58,8 +58,8 @@ def test_exact_accelerate_command_per_node(fake_slurm, nodes):
                           env=env(nodes), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     expected = [
-        f"node={rank} launch --config_file launch/multi_gpu.yaml --num_processes {4 * nodes} --num_machines {nodes} "
-        f"--machine_rank {rank} --rdzv_backend c10d --main_process_ip gpu-node-001 --main_process_port 29742 "
+        f"node={rank} endpoint=gpu-node-001:29742 launch --config_file launch/multi_gpu.yaml --num_processes {4 * nodes} --num_machines {nodes} "
+        f"--machine_rank {rank} --rdzv_backend c10d --rdzv_conf is_host={int(rank == 0)} --main_process_ip gpu-node-001 --main_process_port 29742 "
         "train/resnet152.py run.output_dir=runs/resnet152 train.epochs=3 optim.lr=3e-4"
         for rank in range(nodes)
     ]
@@ -74,7 +74,7 @@ def test_every_model_script_and_deepspeed_config(fake_slurm, script):
                           env=env(2, ACCELERATE_CONFIG="launch/deepspeed_zero2.yaml", RUN_DIR="runs/x"))
     assert done.returncode == 0, done.stderr
     line = _launch_lines(log)[1]
-    assert line.startswith("node=1 launch --config_file launch/deepspeed_zero2.yaml --num_processes 8 --num_machines 2")
+    assert line.startswith("node=1 endpoint=gpu-node-001:29742 launch --config_file launch/deepspeed_zero2.yaml --num_processes 8 --num_machines 2")
     assert line.endswith(f"train/{script}.py run.output_dir=runs/x")
 
 

@@ -24,7 +24,8 @@ def test_dry_run_lists_every_run_with_its_exact_command(number, capsys):
                                f"--config configs/tables/{table.key}/{run}.yaml ")
         assert line.endswith(f"run.output_dir=runs/tables/{table.key}/{run}")
         assert (REPO / "configs" / "tables" / table.key / f"{run}.yaml").is_file()
-    assert out[-1] == f"# or on SLURM: sbatch --array=0-{len(table.columns) - 1} slurm/tables.sh {number}"
+    assert out[-1] == (f"# or on SLURM: mlic tables {number} --scale full --submit "
+                       f"(sbatch --array=0-{len(table.columns) - 1} slurm/tables.sh {number})")
 
 
 def test_one_model_to_entry_map_for_mlic_and_slurm(tmp_path):
