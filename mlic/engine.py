@@ -310,7 +310,8 @@ def resume(run: Run) -> RunState:
     else:
         state.step_in_epoch = skip // cfg.grad_accum
     state.world_size = acc.num_processes
-    acc.print(f"resumed from {path} (epoch {state.epoch}, step {state.step_in_epoch} of it)")
+    acc.print(f"resumed from {path} (epoch {state.epoch}, sample {state.samples_in_epoch} of its global order: "
+              f"step {state.step_in_epoch} at {acc.num_processes} process(es))")
     trim_metrics(run, state.epoch - 1)
     return state
 

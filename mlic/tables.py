@@ -93,9 +93,14 @@ def get_table(number: str) -> Table:
     return TABLES[key]
 
 
+def tables_root(scale: str, runs: str | Path = "runs") -> Path:
+    """The folder of every table's run folders at this scale (slurm/tables.sh: MLIC_TABLE_RUNS)."""
+    return Path(runs) / ("tables-demo" if scale == "demo" else "tables")
+
+
 def run_dir(table: Table, run: str, scale: str, runs: str | Path = "runs") -> Path:
     """Where a run writes, relative to the current folder (as every run folder is)."""
-    return Path(runs) / ("tables-demo" if scale == "demo" else "tables") / table.key / run
+    return tables_root(scale, runs) / table.key / run
 
 
 def train_entry(config: str | Path) -> str:
@@ -165,7 +170,7 @@ def submit(table: Table, scale: str, extra: list[str], runs: str | Path, sbatch_
     cmd = ["sbatch", "--parsable", f"--array=0-{len(table.columns) - 1}", *sbatch_args, "slurm/tables.sh",
            table.key.removeprefix("table"), *overrides]
     print(shlex.join(cmd), flush=True)
-    env = {**os.environ, "MLIC_TABLE_RUNS": str(run_dir(table, "", scale, runs).parent)}
+    env = {**os.environ, "MLIC_TABLE_RUNS": str(tables_root(scale, runs))}
     done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if done.returncode == 0:
         job = done.stdout.strip().split(";")[0]
