@@ -130,6 +130,10 @@ stop() {
     # a job's processes end with the job: wait until nothing runs
     for _ in $(seq 40); do [ -z "$(squeue -h -t R,CG 2>/dev/null)" ] && break; sleep 0.5; done
   fi
+  # every daemon asked at once, then each waited for (and killed if it will not go)
+  for file in "$dir"/slurmd-*.pid "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
+    if [ -f "$file" ]; then kill "$(cat "$file")" 2>/dev/null || true; fi
+  done
   for file in "$dir"/slurmd-*.pid "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do kill_pidfile "$file"; done
 }
 
