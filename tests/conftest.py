@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -45,6 +46,29 @@ def run_cmd(args: list[str], timeout: int = 600, env: dict | None = None) -> sub
     bin_dir = str(Path(sys.executable).parent)
     full_env["PATH"] = bin_dir + os.pathsep + full_env.get("PATH", "")
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+VAL_COMPARED = ("loss", "accuracy", "subset_accuracy", "f1_micro", "f1_macro", "precision_macro", "recall_macro", "mAP")
+
+
+def val_lines(run: Path) -> list[dict]:
+    """The validation lines of a run folder's metrics.jsonl."""
+    return [x for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if x["split"] == "val"]
+
+
+def assert_same_run(a: Path, b: Path, epochs: list[int]) -> None:
+    """An interrupted run equals an uninterrupted one: the validation metrics of every epoch (rel. 1e-5) and
+    the exported weights (atol 1e-6) — the kill harness's tolerance."""
+    import torch
+    from safetensors.torch import load_file
+
+    va, vb = val_lines(a), val_lines(b)
+    assert [x["epoch"] for x in va] == [x["epoch"] for x in vb] == epochs
+    for x, y in zip(va, vb):
+        for key in VAL_COMPARED:
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["epoch"], key)
+    wa, wb = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
 def pytest_runtest_logreport(report):

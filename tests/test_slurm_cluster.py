@@ -18,11 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from safetensors.torch import load_file
 
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_same_run, val_lines
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 CLUSTER = REPO / "tests" / "cluster" / "slurm_cluster.sh"
@@ -31,7 +29,6 @@ CLUSTER = REPO / "tests" / "cluster" / "slurm_cluster.sh"
 CPU_SBATCH = ["--gres=none", "--cpus-per-task=1"]
 RECIPE = ["--config", "configs/demo.yaml", "data.demo_images=1000", "train.epochs=2", "train.save_every_steps=4",
           "run.progress=false"]
-COMPARED = ("loss", "accuracy", "subset_accuracy", "f1_micro", "f1_macro", "precision_macro", "recall_macro", "mAP")
 JOB_TIMEOUT = 300
 
 
@@ -129,21 +126,6 @@ def cluster(tmp_path_factory):
         assert not left, f"processes left behind by the cluster or its jobs: {left}"
 
 
-def _val_lines(run: Path) -> list[dict]:
-    return [x for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if x["split"] == "val"]
-
-
-def _assert_same_run(a: Path, b: Path) -> None:
-    """The kill harness's tolerance: the same validation metrics and exported weights."""
-    va, vb = _val_lines(a), _val_lines(b)
-    assert [x["epoch"] for x in va] == [x["epoch"] for x in vb] == [1, 2]
-    for x, y in zip(va, vb):
-        for key in COMPARED:
-            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["epoch"], key)
-    wa, wb = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
-
-
 def _provenance(run: Path) -> dict:
     return yaml.safe_load((run / "config.yaml").read_text())["_provenance"]
 
@@ -186,7 +168,7 @@ def test_preempted_job_requeues_and_resumes_exactly(cluster, straight, tmp_path)
     log = cluster.log(job)
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log[-3000:]
     assert "USR1 received" in log and "stopped at" in log and "requeueing job" in log and "resumed from" in log
-    _assert_same_run(straight.run(), run)
+    assert_same_run(straight.run(), run, [1, 2])
 
 
 def test_one_run_over_two_nodes(cluster, straight):
@@ -196,7 +178,7 @@ def test_one_run_over_two_nodes(cluster, straight):
     assert provenance["hosts"] == ["node1", "node2"] and provenance["distributed_type"] == "MULTI_CPU"
     log = cluster.log(straight.job)
     assert "mlic: node 0 of 2 (node1)" in log and "mlic: node 1 of 2 (node2)" in log
-    assert "resumed from" not in log and [x["epoch"] for x in _val_lines(run)] == [1, 2]
+    assert "resumed from" not in log and [x["epoch"] for x in val_lines(run)] == [1, 2]
 
 
 def test_time_limit_signal_requeues_and_resumes(cluster, tmp_path):
@@ -214,7 +196,7 @@ def test_time_limit_signal_requeues_and_resumes(cluster, tmp_path):
     assert info["JobState"] == "COMPLETED", log[-3000:]
     assert "USR1 received" in log and "stopped at epoch" in log and "requeueing job" in log
     assert "resumed from" in log and "DUE TO TIME LIMIT" not in log
-    assert [x["epoch"] for x in _val_lines(run)] == [1, 2] and (run / "model" / "model.safetensors").is_file()
+    assert [x["epoch"] for x in val_lines(run)] == [1, 2] and (run / "model" / "model.safetensors").is_file()
 
 
 def _worker_pids(job_id: str, node_id: str) -> list[int]:
@@ -245,7 +227,7 @@ def test_a_node_dies_the_job_ends_and_the_next_submission_resumes(cluster, strai
     info = cluster.wait_done(again)
     log = cluster.log(again)
     assert info["JobState"] == "COMPLETED" and "resumed from" in log, log[-3000:]
-    _assert_same_run(straight.run(), run)
+    assert_same_run(straight.run(), run, [1, 2])
 
 
 def test_preempted_on_two_nodes_resumes_on_one_at_the_same_global_sample(cluster, tmp_path):
@@ -292,7 +274,7 @@ def test_deepspeed_zero2_across_two_nodes(cluster, tmp_path):
     provenance = _provenance(run)
     assert provenance["distributed_type"] == "DEEPSPEED" and provenance["world_size"] == 2
     assert provenance["machines"] == 2
-    assert [x["epoch"] for x in _val_lines(run)] == [1] and (run / "model" / "model.safetensors").is_file()
+    assert [x["epoch"] for x in val_lines(run)] == [1] and (run / "model" / "model.safetensors").is_file()
 
 
 def test_tables_submit_as_a_job_array_then_collect(cluster, tmp_path):
