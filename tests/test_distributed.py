@@ -59,16 +59,3 @@ def test_two_process_training_evaluates_exactly_the_val_set(tmp_path):
     one, two = (json.loads((tmp_path / f"{n}.json").read_text())["summary"] for n in ("one", "two"))
     assert two["images"] == one["images"] == lines[1]["images"]
     assert two["f1_macro"] == pytest.approx(one["f1_macro"], abs=1e-9) and two["mAP"] == pytest.approx(one["mAP"], abs=1e-9)
-
-
-def test_deepspeed_zero2_trains_on_two_cpu_processes(tmp_path):
-    pytest.importorskip("deepspeed")
-    run = tmp_path / "run"
-    done = _launch("deepspeed_zero2_cpu.yaml", ["train/cnn.py", "--config", "configs/demo.yaml", *TINY, "train.epochs=1",
-                                                "train.max_steps_per_epoch=3", f"run.output_dir={run}"], 29533)
-    assert done.returncode == 0, done.stderr[-3000:]
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["_provenance"]["world_size"] == 2 and "DEEPSPEED" in cfg["_provenance"]["distributed_type"]
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert lines[0]["images"] == 3 * 16 * 2 and lines[1]["images"] == cfg["_provenance"]["val_images"]
-    assert list((run / "checkpoints").iterdir()) and (run / "model" / "model.safetensors").exists()

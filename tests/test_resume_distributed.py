@@ -2,6 +2,8 @@
 2-process run does (weights and validation metrics), under DDP and under DeepSpeed ZeRO-2, with the
 default settings. Users resume preempted multi-GPU jobs this way."""
 
+import json
+
 import pytest
 import yaml
 
@@ -29,6 +31,10 @@ def test_two_process_run_killed_after_a_mid_epoch_checkpoint_resumes_exactly(tmp
     assert done.returncode == 0, done.stderr[-3000:]
     provenance = yaml.safe_load((straight / "config.yaml").read_text())["_provenance"]
     assert provenance["world_size"] == 2 and (kind == "deepspeed") == ("DEEPSPEED" in provenance["distributed_type"])
+    # every rank's share counted once: whole steps of 2 x 16 in training, the whole val split in evaluation
+    epoch1 = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()][:2]
+    assert epoch1[0]["images"] == provenance["train_images"] // 32 * 32
+    assert epoch1[1]["images"] == provenance["val_images"]
 
     killed = _train(kind, resumed, port, fault="step:6")  # each rank dies at its 6th step, after the step-4 save
     assert killed.returncode != 0
