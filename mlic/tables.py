@@ -170,7 +170,8 @@ def submit(table: Table, scale: str, extra: list[str], runs: str | Path, sbatch_
     cmd = ["sbatch", "--parsable", f"--array=0-{len(table.columns) - 1}", *sbatch_args, "slurm/tables.sh",
            table.key.removeprefix("table"), *overrides]
     print(shlex.join(cmd), flush=True)
-    env = {**os.environ, "MLIC_TABLE_RUNS": str(tables_root(scale, runs))}
+    # absolute: the job runs from the checkout (MLIC_REPO), --collect reads from here
+    env = {**os.environ, "MLIC_TABLE_RUNS": str(tables_root(scale, runs).resolve())}
     done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if done.returncode == 0:
         job = done.stdout.strip().split(";")[0]
@@ -190,6 +191,8 @@ def tables_command(number: str, scale: str, dry_run: bool, collect_only: bool, e
         print(f"# or on SLURM: mlic tables {table.key.removeprefix('table')} --scale {scale} --submit "
               f"(sbatch --array=0-{len(cmds) - 1} slurm/tables.sh {table.key.removeprefix('table')})")
         return 0
+    if sbatch_args and not submit_job:
+        raise MlicError("--sbatch options are for --submit; add --submit, or leave them out to run here")
     if submit_job:
         return submit(table, scale, extra, runs, sbatch_args or [])
     if not collect_only:

@@ -2,6 +2,7 @@
 overrides, and preemption (USR1 -> stop file -> clean exit -> requeue)."""
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -57,13 +58,15 @@ def test_exact_accelerate_command_per_node(fake_slurm, nodes):
     done = subprocess.run(["bash", "slurm/resnet152.sh", "train.epochs=3", "optim.lr=3e-4"], cwd=REPO,
                           env=env(nodes), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    lines = _launch_lines(log)
+    port = re.search(r"--main_process_port (\d+) ", lines[0]).group(1)  # free on the first node, one for all
     expected = [
-        f"node={rank} endpoint=gpu-node-001:29742 launch --config_file launch/multi_gpu.yaml --num_processes {4 * nodes} --num_machines {nodes} "
-        f"--machine_rank {rank} --rdzv_backend c10d --rdzv_conf is_host={int(rank == 0)} --main_process_ip gpu-node-001 --main_process_port 29742 "
+        f"node={rank} endpoint=gpu-node-001:{port} launch --config_file launch/multi_gpu.yaml --num_processes {4 * nodes} --num_machines {nodes} "
+        f"--machine_rank {rank} --rdzv_backend c10d --rdzv_conf is_host={int(rank == 0)} --main_process_ip gpu-node-001 --main_process_port {port} "
         "train/resnet152.py run.output_dir=runs/resnet152 train.epochs=3 optim.lr=3e-4"
         for rank in range(nodes)
     ]
-    assert _launch_lines(log) == expected
+    assert lines == expected and 1024 <= int(port) < 65536
     assert "requeue" not in log.read_text()
 
 
@@ -74,8 +77,10 @@ def test_every_model_script_and_deepspeed_config(fake_slurm, script):
                           env=env(2, ACCELERATE_CONFIG="launch/deepspeed_zero2.yaml", RUN_DIR="runs/x"))
     assert done.returncode == 0, done.stderr
     line = _launch_lines(log)[1]
-    assert line.startswith("node=1 endpoint=gpu-node-001:29742 launch --config_file launch/deepspeed_zero2.yaml --num_processes 8 --num_machines 2")
-    assert line.endswith(f"train/{script}.py run.output_dir=runs/x")
+    assert re.match(r"node=1 endpoint=gpu-node-001:\d+ launch --config_file launch/deepspeed_zero2.yaml "
+                    r"--num_processes 8 --num_machines 2 ", line)
+    # several nodes under DeepSpeed: torchrun's rendezvous, not pdsh
+    assert line.endswith(f"--deepspeed_multinode_launcher standard train/{script}.py run.output_dir=runs/x")
 
 
 def test_table_array_task_picks_its_run(fake_slurm):

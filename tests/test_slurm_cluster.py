@@ -113,16 +113,19 @@ def cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slurm")
     env = {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"), "MLIC_VENV": sys.prefix,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    started = subprocess.run(["bash", str(CLUSTER), "start", str(folder)], env=env, capture_output=True, text=True,
-                             timeout=120)
-    assert started.returncode == 0, f"the cluster did not start:\n{started.stdout}\n{started.stderr}"
     try:
+        started = subprocess.run(["bash", str(CLUSTER), "start", str(folder)], env=env, capture_output=True,
+                                 text=True, timeout=120)
+        assert started.returncode == 0, f"the cluster did not start:\n{started.stdout}\n{started.stderr}"
         yield Cluster(folder, env)
     finally:
         subprocess.run(["bash", str(CLUSTER), "stop", str(folder)], env=env, timeout=120)
         left = _leftovers(folder)
         for line in left:
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+            try:
+                os.kill(int(line.split(":")[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         assert not left, f"processes left behind by the cluster or its jobs: {left}"
 
 
@@ -237,12 +240,13 @@ def test_preempted_on_two_nodes_resumes_on_one_at_the_same_global_sample(cluster
     leaves it pending with BadConstraints, as --ntasks-per-node=1 pins its task count; so the pending
     job is cancelled and the same command submitted on one node, as a user does.)"""
     run = tmp_path / "run"
-    job = _two_node_cnn(cluster, run)
+    every_step = ("train.stop_check_every=1",)  # the stop lands mid-epoch, however fast the steps are
+    job = _two_node_cnn(cluster, run, extra=every_step)
     _first_checkpoint(cluster, run, job)
     cluster.run("scancel", "--batch", "--signal=USR1", job)
     cluster.wait_for("the requeued job to pend", lambda: cluster.job(job).get("JobState") == "PENDING", job)
     cluster.run("scancel", job)
-    job = cluster.sbatch("slurm/cnn.sh", *RECIPE, sbatch_args=("--nodes=1",),
+    job = cluster.sbatch("slurm/cnn.sh", *RECIPE, *every_step, sbatch_args=("--nodes=1",),
                          env={"ACCELERATE_USE_CPU": "true", "RUN_DIR": str(run)})
     info = cluster.wait_done(job)
     log = cluster.log(job)

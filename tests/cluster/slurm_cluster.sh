@@ -13,8 +13,8 @@
 # Two slurmd (node1, node2) listen on 127.0.0.1 with their own ports, each in its own UTS and mount
 # namespace with its own host name and an /etc/hosts that maps node1 and node2 to 127.0.0.1, so a
 # job's `hostname` and its rendezvous address behave as on a cluster. Each node offers 2 CPUs and
-# one count-only GPU gres (no device files), so the scripts' `--gres=gpu:1` is schedulable; the
-# tests run with ACCELERATE_USE_CPU=true. Ports: MLIC_SLURM_PORT (default 16817) for slurmctld and
+# one GPU gres backed by /dev/null (slurmd drops a GPU gres with no File=), so the scripts'
+# `--gres=gpu:1` is schedulable; the tests ask `--gres=none` and run with ACCELERATE_USE_CPU=true. Ports: MLIC_SLURM_PORT (default 16817) for slurmctld and
 # the next two for the nodes.
 #
 # The settings this sandbox needs (measured): proctrack/pgid (linuxproc leaks a job's background
