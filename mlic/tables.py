@@ -37,6 +37,11 @@ class Table:
     splits: tuple[str, ...] = ("train", "val")
     report: dict[tuple[str, str, str], float | str] = field(default_factory=dict)  # (row, split, column)
 
+    @property
+    def number(self) -> str:
+        """How commands name it: `mlic tables 2`, `slurm/tables.sh ablations`."""
+        return self.key.removeprefix("table")
+
 
 def _grid(rows, splits, columns, values):
     """values: one list per row, in (split, column) order."""
@@ -98,6 +103,11 @@ def tables_root(scale: str, runs: str | Path = "runs") -> Path:
     return Path(runs) / ("tables-demo" if scale == "demo" else "tables")
 
 
+def scale_overrides(scale: str) -> list[str]:
+    """The overrides every run of a table gets at this scale."""
+    return DEMO_OVERRIDES if scale == "demo" else []
+
+
 def run_dir(table: Table, run: str, scale: str, runs: str | Path = "runs") -> Path:
     """Where a run writes, relative to the current folder (as every run folder is)."""
     return tables_root(scale, runs) / table.key / run
@@ -124,7 +134,7 @@ def commands(table: Table, scale: str, extra: list[str], runs: str | Path = "run
     out = []
     for run in table.columns.values():
         config = CONFIGS / "tables" / table.key / f"{run}.yaml"
-        overrides = [*(DEMO_OVERRIDES if scale == "demo" else []), f"run.output_dir={run_dir(table, run, scale, runs)}", *extra]
+        overrides = [*scale_overrides(scale), f"run.output_dir={run_dir(table, run, scale, runs)}", *extra]
         launcher = [sys.executable, "-m"] if scale == "demo" else ["accelerate", "launch", "-m"]
         out.append([*launcher, "mlic.cli", "train", train_entry(config), "--config", _shown(config), *overrides])
     return out
@@ -144,7 +154,7 @@ def collect(table: Table, scale: str, runs: str | Path = "runs") -> str:
         folder = run_dir(table, run, scale, runs)
         meta_path, lines_path = folder / "model" / META, folder / "metrics.jsonl"
         if not meta_path.is_file() or not lines_path.is_file():
-            raise MlicError(f"{folder}: no finished run (run `mlic tables {table.key.removeprefix('table')} --scale {scale}` first)")
+            raise MlicError(f"{folder}: no finished run (run `mlic tables {table.number} --scale {scale}` first)")
         epoch = json.loads(meta_path.read_text())["epoch"]
         for line in map(json.loads, lines_path.read_text().splitlines()):
             if line["epoch"] == epoch:
@@ -166,16 +176,16 @@ def submit(table: Table, scale: str, extra: list[str], runs: str | Path, sbatch_
         raise MlicError("--submit needs SLURM's sbatch on PATH; without it, leave out --submit to run here")
     if not Path("slurm/tables.sh").is_file():
         raise MlicError(f"sbatch needs slurm/tables.sh of an mlic checkout; not in {Path.cwd()}: run from the checkout")
-    overrides = [*(DEMO_OVERRIDES if scale == "demo" else []), *extra]
+    overrides = [*scale_overrides(scale), *extra]
     cmd = ["sbatch", "--parsable", f"--array=0-{len(table.columns) - 1}", *sbatch_args, "slurm/tables.sh",
-           table.key.removeprefix("table"), *overrides]
+           table.number, *overrides]
     print(shlex.join(cmd), flush=True)
     # absolute: the job runs from the checkout (MLIC_REPO), --collect reads from here
     env = {**os.environ, "MLIC_TABLE_RUNS": str(tables_root(scale, runs).resolve())}
     done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if done.returncode == 0:
         job = done.stdout.strip().split(";")[0]
-        print(f"submitted job array {job}; when it is done: mlic tables {table.key.removeprefix('table')} "
+        print(f"submitted job array {job}; when it is done: mlic tables {table.number} "
               f"--scale {scale} --collect" + ("" if str(runs) == "runs" else f" --runs {runs}"))
     return done.returncode
 
@@ -188,8 +198,8 @@ def tables_command(number: str, scale: str, dry_run: bool, collect_only: bool, e
         print(f"# {table.title}: {len(cmds)} runs ({scale} scale)")
         for cmd in cmds:
             print(shlex.join(cmd))
-        print(f"# or on SLURM: mlic tables {table.key.removeprefix('table')} --scale {scale} --submit "
-              f"(sbatch --array=0-{len(cmds) - 1} slurm/tables.sh {table.key.removeprefix('table')})")
+        print(f"# or on SLURM: mlic tables {table.number} --scale {scale} --submit "
+              f"(sbatch --array=0-{len(cmds) - 1} slurm/tables.sh {table.number})")
         return 0
     if sbatch_args and not submit_job:
         raise MlicError("--sbatch options are for --submit; add --submit, or leave them out to run here")

@@ -41,20 +41,22 @@ def _unavailable() -> str | None:
     return None
 
 
-def _leftovers(folder: Path) -> list[str]:
-    """Processes still tied to this cluster: its daemons, or anything started by its jobs."""
-    found = []
+def _processes():
+    """(pid, command line, environment) of every process this one can read, but itself."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            text = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+            yield int(proc.name), (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()
         except OSError:
             continue
-        if str(folder).encode() in text:
-            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{proc.name}: {command[:120]}")
-    return found
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Processes still tied to this cluster: its daemons, or anything started by its jobs."""
+    mark = str(folder).encode()
+    return [f"{pid}: {b' '.join(cmdline.split(bytes(1))).decode(errors='replace')[:120]}"
+            for pid, cmdline, environ in _processes() if mark in cmdline or mark in environ]
 
 
 class Cluster:
@@ -133,9 +135,11 @@ def _provenance(run: Path) -> dict:
     return yaml.safe_load((run / "config.yaml").read_text())["_provenance"]
 
 
-def _two_node_cnn(cluster: Cluster, run: Path, *sbatch_args: str, extra: tuple[str, ...] = ()) -> str:
-    return cluster.sbatch("slurm/cnn.sh", *RECIPE, *extra, sbatch_args=("--nodes=2", *sbatch_args),
-                          env={"ACCELERATE_USE_CPU": "true", "RUN_DIR": str(run)})
+def _cnn_job(cluster: Cluster, run: Path, *sbatch_args: str, nodes: int = 2, extra: tuple[str, ...] = (),
+             env: dict | None = None) -> str:
+    """`slurm/cnn.sh` with the demo recipe into `run`, on a CPU cluster (ACCELERATE_USE_CPU=true)."""
+    return cluster.sbatch("slurm/cnn.sh", *RECIPE, *extra, sbatch_args=(f"--nodes={nodes}", *sbatch_args),
+                          env={"ACCELERATE_USE_CPU": "true", "RUN_DIR": str(run), **(env or {})})
 
 
 def _first_checkpoint(cluster: Cluster, run: Path, job_id: str) -> None:
@@ -147,7 +151,7 @@ class Straight:
     first compared, so that it trains while the first interrupted job waits for its requeue."""
 
     def __init__(self, cluster: Cluster, run: Path):
-        self.cluster, self.run_dir, self.job = cluster, run, _two_node_cnn(cluster, run)
+        self.cluster, self.run_dir, self.job = cluster, run, _cnn_job(cluster, run)
         self.info: dict[str, str] | None = None
 
     def run(self) -> Path:
@@ -164,7 +168,7 @@ def straight(cluster, tmp_path_factory) -> Straight:
 
 def test_preempted_job_requeues_and_resumes_exactly(cluster, straight, tmp_path):
     run = tmp_path / "run"
-    job = _two_node_cnn(cluster, run)
+    job = _cnn_job(cluster, run)
     _first_checkpoint(cluster, run, job)
     cluster.run("scancel", "--batch", "--signal=USR1", job)  # what a preemption (or the time limit) sends
     info = cluster.wait_done(job)
@@ -189,7 +193,7 @@ def test_time_limit_signal_requeues_and_resumes(cluster, tmp_path):
     about every 30 s, so the signal comes 0-30 s after the start: this run is made to train longer
     than that (96-pixel images), so the stop lands in the middle of its training."""
     run = tmp_path / "run"
-    job = _two_node_cnn(cluster, run, "--time=1", "--signal=B:USR1@50",
+    job = _cnn_job(cluster, run, "--time=1", "--signal=B:USR1@50",
                         extra=("data.demo_images=2000", "data.image_size=96", "train.stop_check_every=2"))
     cluster.wait_for("the requeue", lambda: cluster.job(job).get("Restarts") == "1", job)
     # The requeued job would get the same minute and the same early signal: give it room to finish
@@ -205,28 +209,24 @@ def test_time_limit_signal_requeues_and_resumes(cluster, tmp_path):
 def _worker_pids(job_id: str, node_id: str) -> list[int]:
     """The training processes (torchrun's workers, not the launcher) of a job on one node."""
     pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text().split("\0") if "=" in kv)
-            cmdline = (proc / "cmdline").read_text()
-        except (OSError, ValueError):
-            continue
-        if (env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_NODEID") == node_id and "LOCAL_RANK" in env
-                and "train/cnn.py" in cmdline):
-            pids.append(int(proc.name))
+    for pid, cmdline, environ in _processes():
+        env = dict(kv.split(b"=", 1) for kv in environ.split(b"\0") if b"=" in kv)
+        if (env.get(b"SLURM_JOB_ID") == job_id.encode() and env.get(b"SLURM_NODEID") == node_id.encode()
+                and b"LOCAL_RANK" in env and b"train/cnn.py" in cmdline):
+            pids.append(pid)
     return pids
 
 
 def test_a_node_dies_the_job_ends_and_the_next_submission_resumes(cluster, straight, tmp_path):
     run = tmp_path / "run"
-    job = _two_node_cnn(cluster, run)
+    job = _cnn_job(cluster, run)
     _first_checkpoint(cluster, run, job)
     victims = cluster.wait_for("node 2's training process", lambda: _worker_pids(job, "1"), job)
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     info = cluster.wait_done(job, timeout=120)  # no hung rank on node 1: the whole job ends
     assert info["JobState"] == "FAILED" and info["Restarts"] == "0", cluster.log(job)[-3000:]
-    again = _two_node_cnn(cluster, run)  # the same command, as a user resubmits it
+    again = _cnn_job(cluster, run)  # the same command, as a user resubmits it
     info = cluster.wait_done(again)
     log = cluster.log(again)
     assert info["JobState"] == "COMPLETED" and "resumed from" in log, log[-3000:]
@@ -241,13 +241,12 @@ def test_preempted_on_two_nodes_resumes_on_one_at_the_same_global_sample(cluster
     job is cancelled and the same command submitted on one node, as a user does.)"""
     run = tmp_path / "run"
     every_step = ("train.stop_check_every=1",)  # the stop lands mid-epoch, however fast the steps are
-    job = _two_node_cnn(cluster, run, extra=every_step)
+    job = _cnn_job(cluster, run, extra=every_step)
     _first_checkpoint(cluster, run, job)
     cluster.run("scancel", "--batch", "--signal=USR1", job)
     cluster.wait_for("the requeued job to pend", lambda: cluster.job(job).get("JobState") == "PENDING", job)
     cluster.run("scancel", job)
-    job = cluster.sbatch("slurm/cnn.sh", *RECIPE, *every_step, sbatch_args=("--nodes=1",),
-                         env={"ACCELERATE_USE_CPU": "true", "RUN_DIR": str(run)})
+    job = _cnn_job(cluster, run, nodes=1, extra=every_step)
     info = cluster.wait_done(job)
     log = cluster.log(job)
     assert info["JobState"] == "COMPLETED" and info["NumNodes"] == "1", log[-3000:]
@@ -268,9 +267,8 @@ def test_deepspeed_zero2_across_two_nodes(cluster, tmp_path):
     pytest.importorskip("deepspeed")
     run = tmp_path / "run"
     # ACCELERATE_USE_CPU leaks in from the CPU recipe: the script must not let it turn DeepSpeed off
-    job = cluster.sbatch("slurm/cnn.sh", *RECIPE, "train.epochs=1", sbatch_args=("--nodes=2",),
-                         env={"ACCELERATE_USE_CPU": "true", "RUN_DIR": str(run),
-                              "ACCELERATE_CONFIG": "launch/deepspeed_zero2_cpu.yaml"})
+    job = _cnn_job(cluster, run, extra=("train.epochs=1",),
+                   env={"ACCELERATE_CONFIG": "launch/deepspeed_zero2_cpu.yaml"})
     info = cluster.wait_done(job)
     log = cluster.log(job)
     assert info["JobState"] == "COMPLETED", log[-3000:]
