@@ -38,7 +38,7 @@ GMACS = {"resnet152": 11.56, "densenet161": 7.79, "vit": 17.58}
 def bench(name: str, compile_: bool, loader, args, device) -> dict:
     cfg = load_config(None, [f"model.name={name}", "model.pretrained=false"])
     model, pre = build_model(cfg.model, 14)
-    cnn = is_cnn(name)
+    cnn = is_cnn(model)
     model = model.to(device, memory_format=torch.channels_last if cnn else torch.preserve_format).train()
     if compile_:
         model = torch.compile(model)

@@ -17,7 +17,8 @@ from mlic.config import Config
 from mlic.data.pipeline import Data, build_data, load_split
 from mlic.errors import ConfigError
 from mlic.losses import build_loss
-from mlic.models import Preprocess, build_model, is_cnn
+from mlic.backbones import layer_ids
+from mlic.models import Preprocess, build_model, head_prefix, is_cnn
 
 
 @dataclass
@@ -80,11 +81,38 @@ def check_world_size(accelerator: Accelerator) -> None:
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module, deepspeed: bool = False) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
     kind = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
     fused = cfg.optim.fused == "on" or (cfg.optim.fused == "auto" and not deepspeed)
-    return kind(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+    return kind(param_groups(cfg, model), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                 weight_decay=cfg.optim.weight_decay, fused=fused or None)
+
+
+def param_groups(cfg: Config, model: torch.nn.Module) -> list[dict[str, Any]]:
+    """One group, or with `optim.head_lr` / `optim.layer_decay` one per learning rate: the head at
+    head_lr (default lr), backbone depth i of n at lr * layer_decay ** (n - i). Schedulers scale each
+    group's rate, so the ratios hold through warm-up and decay."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    o = cfg.optim
+    if o.head_lr is None and o.layer_decay is None:
+        return [{"params": [p for _, p in trainable]}]
+    head = head_prefix(model)
+    backbone = getattr(model, "backbone", None)
+    depth, depths = ({}, 1)
+    if o.layer_decay is not None:
+        if backbone is None:  # cnn, torchvision: the model is the backbone, minus its head
+            backbone = model
+        library = getattr(model, "library", "hf" if hasattr(backbone, "config") else "torch")
+        depth, depths = layer_ids(backbone, library)
+    prefix = "backbone." if backbone is not None and backbone is not model else ""
+    lrs: dict[float, list] = {}
+    for name, param in trainable:
+        if name.startswith(head):
+            lr = o.head_lr if o.head_lr is not None else o.lr
+        else:
+            i = depth.get(name.removeprefix(prefix), depths - 1)
+            lr = o.lr * (o.layer_decay ** (depths - i) if o.layer_decay is not None else 1.0)
+        lrs.setdefault(lr, []).append(param)
+    return [{"params": params, "lr": lr} for lr, params in sorted(lrs.items())]
 
 
 def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
@@ -114,7 +142,7 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     dataset = split[0]
     model, preprocess = build_model(cfg.model, dataset.num_labels)
     preprocess = dataclasses.replace(preprocess, size=cfg.data.image_size or preprocess.size)
-    channels_last = is_cnn(cfg.model.name) and cfg.model.channels_last and torch.cuda.is_available()
+    channels_last = cfg.model.channels_last and torch.cuda.is_available() and is_cnn(model)
     data = build_data(cfg, accelerator, split, preprocess, channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -15,15 +15,21 @@ CONFIGS = (Path(__file__).resolve().parent / "configs").resolve()
 
 
 def default_config(model: str) -> Path:
-    """configs/<model>.yaml as shipped with mlic; an error saying where it looked if it is not there."""
-    path = CONFIGS / f"{model}.yaml"
+    """configs/<model>.yaml as shipped with mlic (configs/finetune.yaml for timm/ and hf/ backbones); an
+    error saying where it looked if it is not there."""
+    path = CONFIGS / ("finetune.yaml" if by_library(model) else f"{model}.yaml")
     if not path.is_file():
         raise MlicError(f"no default config for {model!r}: looked for {path}; pass --config FILE")
     return path
 
 
+def by_library(model: str) -> bool:
+    return model.startswith(("timm/", "hf/"))
+
+
 def train_main(model: str, argv: list[str] | None = None) -> int:
-    """`train/<model>.py [--config FILE] [key=value ...]`: configs/<model>.yaml unless --config is given."""
+    """`train/<model>.py [--config FILE] [key=value ...]`: configs/<model>.yaml unless --config is given.
+    A timm/ or hf/ name is the model to train, whatever the config file names."""
     parser = argparse.ArgumentParser(prog=f"train/{model}.py", description=f"Train {model} (Accelerate-aware).")
     parser.add_argument("--config", help=f"experiment YAML (default: configs/{model}.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-4 train.epochs=2")
@@ -32,7 +38,8 @@ def train_main(model: str, argv: list[str] | None = None) -> int:
     try:
         from mlic.config import load_config
 
-        cfg = load_config(args.config or default_config(model), args.overrides)
+        named = [f"model.name={model}"] if by_library(model) else []
+        cfg = load_config(args.config or default_config(model), named + args.overrides)
         from mlic.engine import fit
 
         fit(cfg)  # a stop request ends it early, after its checkpoint: exit 0, rerunning resumes
@@ -157,7 +164,8 @@ def _data_commands(sub) -> None:
 
 def _training_commands(sub) -> None:
     p = sub.add_parser("train", help="train a model in this process (use `accelerate launch train/X.py` for many)")
-    p.add_argument("model", choices=["cnn", "resnet152", "densenet161", "vit"])
+    p.add_argument("model", help="cnn, resnet152, densenet161, vit (configs/MODEL.yaml), or any backbone: "
+                   "timm/<architecture>, hf/<hub name or folder> (configs/finetune.yaml)")
     # The rest goes to train_main's own parser, as for train/<model>.py: here, argparse would take an
     # empty `overrides` before `--config` and then reject `key=value` after it.
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="[--config FILE] [key=value ...]")

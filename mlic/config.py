@@ -54,14 +54,19 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn"
+    name: str = "cnn"  # or timm/<architecture>, hf/<hub name or folder>
     pretrained: bool = True
-    weights: str | None = None  # local weights file (torchvision) or checkpoint folder / hub name (ViT)
+    weights: str | None = None  # local weights: a file (torchvision, timm) or a folder / hub name (vit, hf/)
+    head: Literal["report", "linear", "mldecoder"] = "report"  # report: Figure 6's head
+    mldecoder_groups: int = 100  # ML-Decoder queries; more labels than this share queries (group decoding)
+    mldecoder_dim: int = 768
     head_batchnorm: bool = True  # report §4.3
     dropout: float = 0.5  # report §3.3
     freeze_backbone: bool = False
     num_labels: int | None = None  # None: from the data; set, it must agree with the data
-    channels_last: bool = True  # CNNs only
+    channels_last: bool = True  # CNNs only, on CUDA
+    grad_checkpointing: bool = False  # timm/ and hf/ backbones: recompute activations in backward
+    trust_remote_code: bool = False  # hf/: run the model code a hub repository ships (only if you trust it)
 
 
 @dataclass
@@ -74,6 +79,10 @@ class OptimConfig:
     # One fused kernel per step instead of a loop over parameters (~4.5x faster on CPU, the fastest on
     # CUDA). auto: on, except under DeepSpeed, which steps its own flat fp32 partitions.
     fused: Literal["auto", "on", "off"] = "auto"
+    # Fine-tuning: the head's own learning rate, and layer-wise decay (backbone layer i of n trains at
+    # lr * layer_decay ** (n - i); BEiT's recipe). Unset: one learning rate for every parameter.
+    head_lr: float | None = None
+    layer_decay: float | None = None
 
 
 @dataclass
@@ -288,7 +297,7 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"python": sys.version.split()[0]}
-    for name in ("mlic", "torch", "torchvision", "accelerate", "transformers", "deepspeed"):
+    for name in ("mlic", "torch", "torchvision", "accelerate", "transformers", "timm", "deepspeed"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:

@@ -57,8 +57,9 @@ def load_exported(model_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any
         raise MlicError(f"{model_dir}: not an exported model (needs {WEIGHTS} and {META}; a run writes RUN/model/)")
     meta = json.loads((model_dir / META).read_text())
     arch = meta["architecture"]
-    cfg = ModelConfig(name=arch["name"], pretrained=False, head_batchnorm=arch["head_batchnorm"], dropout=arch["dropout"])
-    model, _ = build_model(cfg, arch["num_labels"], vit_config=arch.get("vit_config"))
+    fields = ("head", "head_batchnorm", "dropout", "mldecoder_groups", "mldecoder_dim")  # head: recorded since 0.2
+    cfg = ModelConfig(name=arch["name"], pretrained=False, **{k: arch[k] for k in fields if k in arch})
+    model, _ = build_model(cfg, arch["num_labels"], exported=arch)
     state = load_file(str(model_dir / WEIGHTS))
     try:
         model.load_state_dict(state)

@@ -50,11 +50,12 @@ class DecodedImages(torch.utils.data.Dataset):
 def _eval_inputs(dataset: MultilabelImages, rows: np.ndarray, cfg: Config, meta: dict, batch_size: int, workers: int):
     """(loader over `rows` of `dataset`, transform) reproducing the run's evaluation preprocessing."""
     pre = meta["preprocess"]
+    mode = pre.get("interpolation", "bilinear")  # models exported before it was recorded: bilinear
     if meta.get("cached", True):
         source = DecodedImages(dataset, cfg.data.cache_size)
-        transform = DeviceTransform(pre["size"], pre["mean"], pre["std"])
+        transform = DeviceTransform(pre["size"], pre["mean"], pre["std"], interpolation=mode)
     else:
-        source = Transformed(dataset, per_image_transform(pre["size"], pre["mean"], pre["std"]))
+        source = Transformed(dataset, per_image_transform(pre["size"], pre["mean"], pre["std"], None, mode))
         transform = PassThrough(channels_last=False)  # the workers already resized and normalised
     return DataLoader(Subset(source, rows), batch_size=batch_size, num_workers=workers), transform
 

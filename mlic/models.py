@@ -1,5 +1,7 @@
-"""Models by name: the report's small CNN, torchvision ResNet/DenseNet and Hugging Face ViT, each with
-the report's classification head (Figure 6: Linear -> BatchNorm1d -> ReLU -> Dropout -> Linear)."""
+"""Models by name: the report's small CNN, torchvision ResNet/DenseNet and Hugging Face ViT, and any
+`timm/<architecture>` or `hf/<name>` backbone (mlic.backbones); each with a head chosen by
+`model.head`: the report's (Figure 6: Linear -> BatchNorm1d -> ReLU -> Dropout -> Linear), a linear
+layer, or ML-Decoder (cross-attention from label queries to the spatial features)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlic.backbones import BackboneClassifier, build_hf, build_timm, hf_from, offline_hint
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mlic.errors import ConfigError, MlicError
 
@@ -31,7 +34,8 @@ class Head(nn.Sequential):
 class SmallCNN(nn.Module):
     """The report's CNN (Figure 4): conv-BN-ReLU-maxpool blocks, global average pooling, then the head."""
 
-    def __init__(self, num_labels: int, widths=(32, 64, 128, 256), batchnorm: bool = True, dropout: float = 0.5):
+    def __init__(self, num_labels: int, widths=(32, 64, 128, 256), batchnorm: bool = True, dropout: float = 0.5,
+                 head: str = "report"):
         super().__init__()
         blocks: list[nn.Module] = []
         in_ch = 3
@@ -42,7 +46,7 @@ class SmallCNN(nn.Module):
             ]
             in_ch = width
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = Head(in_ch, num_labels, batchnorm, dropout)
+        self.head = Head(in_ch, num_labels, batchnorm, dropout) if head == "report" else nn.Linear(in_ch, num_labels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -55,9 +59,10 @@ class Preprocess:
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    interpolation: str = "bilinear"  # timm's pretrained_cfg says bicubic for most of its weights
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}
 
 
 # torchvision models the report used or tried: builder, weights enum name, classifier attribute
@@ -68,13 +73,6 @@ TORCHVISION = {
     "densenet121": ("densenet121", "DenseNet121_Weights", "classifier"),
     "densenet161": ("densenet161", "DenseNet161_Weights", "classifier"),
 }
-
-
-def _offline_hint(what: str, where: str) -> str:
-    return (
-        f"cannot load pretrained {what} ({where}). Offline? Put the weights in the cache shown, or point "
-        "model.weights at a local copy, or train from scratch with model.pretrained=false"
-    )
 
 
 def _torchvision_state_dict(name: str, weights_path: str | None) -> dict[str, torch.Tensor]:
@@ -89,7 +87,7 @@ def _torchvision_state_dict(name: str, weights_path: str | None) -> dict[str, to
     try:
         return weights.get_state_dict(progress=False)  # reads the hub cache first, downloads otherwise
     except Exception as exc:  # URLError, socket timeouts, HTTP errors: all mean "could not fetch"
-        raise MlicError(_offline_hint(f"{name} IMAGENET1K_V1 weights", f"{exc}; cache file {cache}")) from None
+        raise MlicError(offline_hint(f"{name} IMAGENET1K_V1 weights", f"{exc}; cache file {cache}")) from None
 
 
 def build_torchvision(name: str, num_labels: int, cfg) -> nn.Module:
@@ -100,7 +98,7 @@ def build_torchvision(name: str, num_labels: int, cfg) -> nn.Module:
     if cfg.pretrained:
         net.load_state_dict(_torchvision_state_dict(name, cfg.weights))
     old = getattr(net, attr)
-    setattr(net, attr, Head(old.in_features, num_labels, cfg.head_batchnorm, cfg.dropout))
+    setattr(net, attr, make_head(cfg, old.in_features, num_labels))
     net.head_name = attr
     return net
 
@@ -108,24 +106,15 @@ def build_torchvision(name: str, num_labels: int, cfg) -> nn.Module:
 class ViTClassifier(nn.Module):
     """Hugging Face ViT; the report's head on the final [CLS] representation (as ViTForImageClassification)."""
 
-    def __init__(self, backbone: nn.Module, num_labels: int, batchnorm: bool = True, dropout: float = 0.5):
+    def __init__(self, backbone: nn.Module, head: nn.Module):
         super().__init__()
-        self.backbone = backbone
-        self.head = Head(backbone.config.hidden_size, num_labels, batchnorm, dropout)
+        self.backbone, self.head = backbone, head
+        self.wants_tokens = getattr(head, "wants_tokens", False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         other_size = x.shape[-1] != self.backbone.config.image_size  # e.g. small demo images
-        return self.head(self.backbone(pixel_values=x, interpolate_pos_encoding=other_size).last_hidden_state[:, 0])
-
-
-def _hf_from(loader: Callable, source: str, online: bool, **kwargs):
-    """Local files (a folder, or the HF cache) first; the hub only where `online` (it retries for ~25 s)."""
-    try:
-        return loader(source, local_files_only=True, **kwargs)
-    except OSError:
-        if not online:
-            raise
-    return loader(source, **kwargs)
+        tokens = self.backbone(pixel_values=x, interpolate_pos_encoding=other_size).last_hidden_state
+        return self.head(tokens if self.wants_tokens else tokens[:, 0])
 
 
 def build_vit(num_labels: int, cfg, vit_config: dict | None = None) -> tuple[nn.Module, Preprocess]:
@@ -138,58 +127,123 @@ def build_vit(num_labels: int, cfg, vit_config: dict | None = None) -> tuple[nn.
         backbone = ViTModel(config, add_pooling_layer=False)
     elif cfg.pretrained:
         try:
-            backbone = _hf_from(ViTModel.from_pretrained, source, True, add_pooling_layer=False, attn_implementation="sdpa")
+            backbone = hf_from(ViTModel.from_pretrained, source, True, add_pooling_layer=False, attn_implementation="sdpa")
         except OSError as exc:
             reason = str(exc).splitlines()[0]
-            raise MlicError(_offline_hint(f"ViT {source}", f"{reason}; HF cache ${{HF_HOME}}/hub")) from None
+            raise MlicError(offline_hint(f"ViT {source}", f"{reason}; HF cache ${{HF_HOME}}/hub")) from None
         config = backbone.config
     else:
         try:
-            config = _hf_from(ViTConfig.from_pretrained, source, False)
+            config = hf_from(ViTConfig.from_pretrained, source, False)
         except OSError:  # not cached: ViTConfig's defaults are ViT-B/16 at 224, the report's model
             config = ViTConfig()
         config._attn_implementation = "sdpa"
         backbone = ViTModel(config, add_pooling_layer=False)
     try:
-        processor = _hf_from(ViTImageProcessor.from_pretrained, source, cfg.pretrained and vit_config is None)
+        processor = hf_from(ViTImageProcessor.from_pretrained, source, cfg.pretrained and vit_config is None)
         size = processor.size.get("height", config.image_size)
         preprocess = Preprocess(int(size), tuple(processor.image_mean), tuple(processor.image_std))
     except OSError:  # the in21k checkpoints normalise with mean = std = 0.5
         preprocess = Preprocess(config.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    return ViTClassifier(backbone, num_labels, cfg.head_batchnorm, cfg.dropout), preprocess
+    return ViTClassifier(backbone, make_head(cfg, config.hidden_size, num_labels)), preprocess
 
 
-def build_model(cfg, num_labels: int, vit_config: dict | None = None) -> tuple[nn.Module, Preprocess]:
-    """The model named by `cfg.name` (a ModelConfig) and how its inputs are preprocessed."""
+def make_head(cfg, in_features: int, num_labels: int) -> nn.Module:
+    if cfg.head == "report":
+        return Head(in_features, num_labels, cfg.head_batchnorm, cfg.dropout)
+    if cfg.head == "linear":
+        return nn.Linear(in_features, num_labels)
+    from mlic.heads import MLDecoder
+
+    return MLDecoder(in_features, num_labels, num_groups=cfg.mldecoder_groups,
+                     embed_dim=min(cfg.mldecoder_dim, in_features) // 8 * 8)
+
+
+def build_model(cfg, num_labels: int, exported: dict | None = None) -> tuple[nn.Module, Preprocess]:
+    """The model named by `cfg.name` (a ModelConfig) and how its inputs are preprocessed; `exported`
+    (an exported model's architecture record) rebuilds it without weights files or hub access."""
+    if cfg.head == "mldecoder" and (cfg.name == "cnn" or cfg.name in TORCHVISION):
+        raise ConfigError(f"config key 'model.head': mldecoder needs a backbone's spatial features; {cfg.name} "
+                          f"pools them away. Use timm's build of it (model.name=timm/{cfg.name}) or model.head=report")
     if cfg.name == "cnn":
-        model = SmallCNN(num_labels, batchnorm=cfg.head_batchnorm, dropout=cfg.dropout)
+        model = SmallCNN(num_labels, batchnorm=cfg.head_batchnorm, dropout=cfg.dropout, head=cfg.head)
         preprocess = Preprocess(128, IMAGENET_MEAN, IMAGENET_STD)
     elif cfg.name in TORCHVISION:
         model = build_torchvision(cfg.name, num_labels, cfg)
         preprocess = Preprocess(224, IMAGENET_MEAN, IMAGENET_STD)
     elif cfg.name == "vit":
-        model, preprocess = build_vit(num_labels, cfg, vit_config)
+        model, preprocess = build_vit(num_labels, cfg, exported and exported.get("vit_config"))
+    elif cfg.name.startswith(("timm/", "hf/")):
+        model, preprocess = _build_library(cfg, num_labels, exported)
     else:
-        raise ConfigError(f"config key 'model.name': unknown model {cfg.name!r}; known: {', '.join(MODELS)}")
+        raise ConfigError(f"config key 'model.name': unknown model {cfg.name!r}; known: {', '.join(MODELS)}, "
+                          "timm/<architecture>, hf/<hub name or folder>")
     if cfg.freeze_backbone:
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith(head_prefix(model))
+    if isinstance(model, BackboneClassifier):
+        freeze_unused(model, preprocess.size)
     return model, preprocess
+
+
+def _build_library(cfg, num_labels: int, exported: dict | None) -> tuple[nn.Module, Preprocess]:
+    library, source = cfg.name.split("/", 1)
+    if not source:
+        raise ConfigError(f"config key 'model.name': {cfg.name!r} names no model after '{library}/'")
+    if library == "timm":
+        backbone, data = build_timm(source, cfg, exported and exported.get("timm"))
+        record = {"kwargs": {}}
+    else:
+        backbone, record, data = build_hf(cfg.weights or source, cfg, exported and exported.get("hf"))
+    width = backbone.num_features if library == "timm" else _hf_width(backbone.config)
+    model = BackboneClassifier(backbone, make_head(cfg, width, num_labels), library)
+    model.record = {library: record}  # what `architecture` writes into model/config.json
+    mean, std = tuple(data["mean"]), tuple(data["std"])
+    interpolation = data.get("interpolation", "bilinear")
+    return model, Preprocess(int(data["input_size"][-1]), mean, std, interpolation if interpolation in
+                             ("bilinear", "bicubic", "nearest") else "bilinear")
+
+
+def _hf_width(config) -> int:
+    sizes = getattr(config, "hidden_sizes", None)  # CNNs (ConvNeXt, ResNet): the last stage's width
+    return int(sizes[-1]) if sizes else int(config.hidden_size)
+
+
+def freeze_unused(model: nn.Module, size: int) -> None:
+    """A head on the spatial features leaves the backbone's own pooling layers (a final norm, an attention
+    pool) out of the graph, and some backbones carry parameters for other tasks (DINOv2's mask token);
+    DDP stops on parameters that get no gradient, so they are frozen. Found by
+    one backward pass of a blank image, whatever the backbone (a CNN takes any size: a small one)."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    was_training = model.training
+    side = min(size, 64) if is_cnn(model) else size
+    model.eval()(torch.zeros(1, 3, side, side)).float().sum().backward()
+    model.train(was_training)
+    unused = [n for n, p in trainable if p.grad is None]
+    for name, param in trainable:
+        param.grad = None
+        param.requires_grad = name not in unused
+    if unused:
+        print(f"mlic: {len(unused)} backbone parameter(s) unused with the {type(model.head).__name__} head are "
+              f"frozen (e.g. {unused[0]})")
 
 
 def head_prefix(model: nn.Module) -> str:
     return getattr(model, "head_name", "head") + "."
 
 
-def is_cnn(name: str) -> bool:
-    return name != "vit"
+def is_cnn(model: nn.Module) -> bool:
+    """Convolutions past the stem (a transformer's patch embedding is one): channels_last pays off."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
 
 
 def architecture(model: nn.Module, cfg, num_labels: int) -> dict[str, Any]:
     """Enough to rebuild the model offline (for `model/config.json`)."""
-    arch = {"name": cfg.name, "num_labels": num_labels, "head_batchnorm": cfg.head_batchnorm, "dropout": cfg.dropout}
+    arch = {"name": cfg.name, "num_labels": num_labels, "head": cfg.head, "head_batchnorm": cfg.head_batchnorm,
+            "dropout": cfg.dropout, "mldecoder_groups": cfg.mldecoder_groups, "mldecoder_dim": cfg.mldecoder_dim}
     if isinstance(model, ViTClassifier):
         arch["vit_config"] = model.backbone.config.to_dict()
+    arch.update(getattr(model, "record", {}))
     return arch
 
 

@@ -48,8 +48,13 @@ def test_every_shipped_config_builds(path):
     model, out = _model_of(cfg)
     assert out.shape == (2, 14) and torch.isfinite(out).all()
     head = model.get_submodule(head_prefix(model).rstrip("."))
-    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) is cfg.model.head_batchnorm
-    assert [m.p for m in head.modules() if isinstance(m, torch.nn.Dropout)] == [cfg.model.dropout]
+    if cfg.model.head == "report":
+        assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) is cfg.model.head_batchnorm
+        assert [m.p for m in head.modules() if isinstance(m, torch.nn.Dropout)] == [cfg.model.dropout]
+    else:
+        from mlic.heads import MLDecoder
+
+        assert isinstance(head, {"linear": torch.nn.Linear, "mldecoder": MLDecoder}[cfg.model.head])
 
     labels = (np.random.default_rng(0).random((64, 14)) < 0.3).astype(np.uint8)
     labels[np.arange(14), np.arange(14)] = 1  # every label has a positive

@@ -125,11 +125,13 @@ def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) 
                                 "leaves unreadable images out of training") from None
         train_source = val_source = CachedImages(path, dataset.targets)
         common["collate_fn"] = collate_batch
-        train_transform = DeviceTransform(size, preprocess.mean, preprocess.std, cfg.augment, channels_last)
-        eval_transform = DeviceTransform(size, preprocess.mean, preprocess.std, None, channels_last)
+        mode = preprocess.interpolation
+        train_transform = DeviceTransform(size, preprocess.mean, preprocess.std, cfg.augment, channels_last, mode)
+        eval_transform = DeviceTransform(size, preprocess.mean, preprocess.std, None, channels_last, mode)
     else:
-        train_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std, cfg.augment))
-        val_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std))
+        mode = preprocess.interpolation
+        train_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std, cfg.augment, mode))
+        val_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std, None, mode))
         train_transform = eval_transform = PassThrough(channels_last)
     train, val = Subset(train_source, train_idx), Subset(val_source, val_idx)
     if len(train) < cfg.train.batch_size * world:

@@ -13,7 +13,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
-def per_image_transform(size: int, mean, std, aug=None) -> v2.Compose:
+def per_image_transform(size: int, mean, std, aug=None, interpolation: str = "bilinear") -> v2.Compose:
     """The torchvision-reference path: PIL image -> normalised float tensor, augmented if `aug`."""
     steps: list = [v2.ToImage()]  # uint8 ops, float last: torchvision's usual (and fastest) order
     if aug is not None and aug.enabled:
@@ -22,7 +22,8 @@ def per_image_transform(size: int, mean, std, aug=None) -> v2.Compose:
             v2.RandomVerticalFlip(aug.vflip),
             v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue),
         ]
-    steps += [v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    mode = v2.InterpolationMode(interpolation)
+    steps += [v2.Resize((size, size), interpolation=mode, antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(steps)
 
 
@@ -89,9 +90,10 @@ class DeviceTransform(torch.nn.Module):
     (torchvision permutes the order per image).
     """
 
-    def __init__(self, size: int, mean, std, aug=None, channels_last: bool = False):
+    def __init__(self, size: int, mean, std, aug=None, channels_last: bool = False, interpolation: str = "bilinear"):
         super().__init__()
         self.size = size
+        self.interpolation = interpolation
         self.aug = aug if aug is not None and aug.enabled else None
         self.channels_last = channels_last
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -113,7 +115,9 @@ class DeviceTransform(torch.nn.Module):
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] == (self.size, self.size):
             return x
-        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(x, size=(self.size, self.size), mode=self.interpolation, antialias=True, align_corners=False)
+        # bicubic overshoots [0, 1]; the per-image path resizes uint8, which clamps: match it
+        return x.clamp_(0, 1) if self.interpolation == "bicubic" else x
 
     def _augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         a, n, dev = self.aug, x.shape[0], x.device
