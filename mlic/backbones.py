@@ -4,6 +4,7 @@ strictly (a file whose names do not match is an error, not a random backbone).""
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def build_timm(arch: str, cfg, exported: dict | None = None) -> tuple[nn.Module,
     except RuntimeError as exc:
         if "Unknown model" not in str(exc):
             raise
-        close = timm.list_models(f"*{arch.split('.')[0][:8]}*")[:8]
+        close = difflib.get_close_matches(arch.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
         raise ConfigError(f"config key 'model.name': timm has no model {arch!r}; similar: {', '.join(close) or '-'} "
                           "(timm.list_models() lists them)") from None
     except Exception as exc:  # hub download errors (offline, no cache): all mean "could not fetch"
@@ -186,7 +187,8 @@ def build_hf(source: str, cfg, exported: dict | None = None) -> tuple[nn.Module,
     if cfg.grad_checkpointing:
         if not model.supports_gradient_checkpointing:
             raise ConfigError(f"config key 'model.grad_checkpointing': {source} does not support it")
-        model.gradient_checkpointing_enable()
+        # transformers renames it (5.x warns); the older name for the releases before
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     full_config = model.config
     if hasattr(model, "vision_model") and hasattr(full_config, "vision_config"):
         model = model.vision_model  # SigLIP, CLIP ...: the image tower only

@@ -13,11 +13,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
 
+from mlic.backbones import layer_ids
 from mlic.config import Config
 from mlic.data.pipeline import Data, build_data, load_split
 from mlic.errors import ConfigError
 from mlic.losses import build_loss
-from mlic.backbones import layer_ids
 from mlic.models import Preprocess, build_model, head_prefix, is_cnn
 
 

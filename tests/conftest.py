@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# real ImageNet weights and photos (tests/pretrained.py), for every test module
+from tests.pretrained import imagenet_photos_fixture, lite0_original_fixture, lite0_weights_fixture  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 
 

