@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     root = write_mosaics(out / f"mosaics{args.images}", images=args.images, seed=0)
-    print(f"| run | images | px | epochs | best val mAP | best val macro-F1 | wall s |\n|---|---|---|---|---|---|---|")
+    print("| run | images | px | epochs | best val mAP | best val macro-F1 | wall s |\n|---|---|---|---|---|---|---|")
     for k, (name, (config, model, overrides)) in enumerate(GRID.items()):
         if args.only and args.only not in name:
             continue

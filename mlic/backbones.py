@@ -14,8 +14,8 @@ from torch import nn
 
 from mlic.errors import ConfigError, MlicError
 
-# PIL's resampling codes, as Hugging Face image processors record them
-_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+# PIL's resampling codes, as Hugging Face image processors record them (mlic resizes bilinear or bicubic)
+_PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 # HF ViT's pooler is BERT's tanh layer; ViTForImageClassification itself bypasses it for the [CLS] token
 _NO_POOLER = {"vit", "deit"}
 
@@ -36,15 +36,30 @@ class BackboneClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, head: nn.Module, library: str):
         super().__init__()
         self.backbone, self.head, self.library = backbone, head, library
-        self.wants_tokens = getattr(head, "wants_tokens", False)
         if library == "hf":
             accepted = inspect.signature(backbone.forward).parameters
             self._interpolate = "interpolate_pos_encoding" in accepted
             self._image_size = getattr(backbone.config, "image_size", None)
             self._model_type = getattr(backbone.config, "model_type", "")
 
+    @property
+    def wants_tokens(self) -> bool:
+        return getattr(self.head, "wants_tokens", False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.tokens(x) if self.wants_tokens else self.pooled(x))
+
+    def feature_width(self, tokens: bool, size: int) -> int:
+        """The width a head receives: timm says it (a pre-logits layer may widen the pooled features);
+        for HF, whose configs name it differently per family, one forward pass of a blank image tells."""
+        if self.library == "timm":
+            pooled = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+            return self.backbone.num_features if tokens else pooled
+        was_training = self.backbone.training
+        with torch.no_grad():
+            features = (self.tokens if tokens else self.pooled)(torch.zeros(1, 3, size, size))
+        self.backbone.train(was_training)
+        return int(features.shape[-1])
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         if self.library == "timm":  # num_classes=0: timm's own pooling (avg, [CLS], attention pool ...)
@@ -89,6 +104,9 @@ def build_timm(arch: str, cfg, exported: dict | None = None) -> tuple[nn.Module,
         else:
             model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     except RuntimeError as exc:
+        if "No pretrained weights" in str(exc):
+            raise ConfigError(f"config key 'model.pretrained': timm has no pretrained weights for {arch!r}; pick a "
+                              f"tag (timm.list_pretrained('{arch.split('.')[0]}*')) or set model.pretrained=false") from None
         if "Unknown model" not in str(exc):
             raise
         close = difflib.get_close_matches(arch.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
@@ -116,7 +134,7 @@ def weights_file(path: str) -> Path:
     """A weights file, or a folder holding one (model.safetensors / pytorch_model.bin, as hub repos do)."""
     p = Path(path)
     if p.is_dir():
-        for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        for name in ("model.safetensors", "pytorch_model.bin"):
             if (p / name).is_file():
                 return p / name
         raise ConfigError(f"model.weights {path}: a folder without model.safetensors or pytorch_model.bin")
@@ -135,7 +153,11 @@ def load_strictly(model: nn.Module, path: Path, allowed: tuple[str, ...]) -> Non
         state = timm.models.load_state_dict(str(path), weights_only=True)
     except Exception as exc:
         raise MlicError(f"model.weights {path}: cannot read it ({str(exc).splitlines()[0]})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # the names match, some shapes do not (another variant of the architecture)
+        mismatch = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
+        raise MlicError(f"model.weights {path}: not this backbone's weights: {mismatch}") from None
     unexpected = [k for k in unexpected if not k.startswith(allowed)]
     if missing or unexpected:
         raise MlicError(
@@ -174,16 +196,19 @@ def build_hf(source: str, cfg, exported: dict | None = None) -> tuple[nn.Module,
     kwargs = {"add_pooling_layer": False} if config.model_type in _NO_POOLER else {}
     try:
         if cfg.pretrained and exported is None:  # strict, as for timm: HF would initialise missing weights
-            model, info = hf_from(AutoModel.from_pretrained, source, True, trust_remote_code=trust,
+            # float32 whatever the checkpoint's dtype (transformers 5 keeps it): accelerate does mixed precision
+            model, info = hf_from(AutoModel.from_pretrained, source, True, trust_remote_code=trust, dtype=torch.float32,
                                   output_loading_info=True, **kwargs)
             if info["missing_keys"]:
                 missing = sorted(info["missing_keys"])
                 raise MlicError(f"{source}: not this backbone's weights: {len(missing)} of its keys missing "
-                                f"(e.g. {', '.join(missing[:3])})")
+                                f"(e.g. {', '.join(missing[:3])}); point model.name=hf/... at the model's own folder")
         else:
             model = AutoModel.from_config(config, trust_remote_code=trust, **kwargs)
     except OSError as exc:
         raise MlicError(offline_hint(f"Hugging Face model {source}", str(exc).splitlines()[0])) from None
+    except RuntimeError as exc:  # shapes that do not match the config
+        raise MlicError(f"{source}: weights do not fit its config.json: {str(exc).splitlines()[0]}") from None
     if cfg.grad_checkpointing:
         if not model.supports_gradient_checkpointing:
             raise ConfigError(f"config key 'model.grad_checkpointing': {source} does not support it")
@@ -193,7 +218,7 @@ def build_hf(source: str, cfg, exported: dict | None = None) -> tuple[nn.Module,
     if hasattr(model, "vision_model") and hasattr(full_config, "vision_config"):
         model = model.vision_model  # SigLIP, CLIP ...: the image tower only
     preprocess = _hf_preprocess(source, model.config, cfg.pretrained and exported is None)
-    return model, {"config": full_config.to_dict()}, preprocess
+    return model, {"config": full_config.to_dict(), "trust_remote_code": trust}, preprocess
 
 
 def _hf_preprocess(source: str, config, online: bool) -> dict[str, Any]:
@@ -206,16 +231,19 @@ def _hf_preprocess(source: str, config, online: bool) -> dict[str, Any]:
         processor = hf_from(AutoImageProcessor.from_pretrained, source, online)
     except (OSError, ValueError):  # a folder without preprocessor_config.json: ImageNet's, at the config's size
         return data
-    side = processor.size.get("height") or processor.size.get("shortest_edge") or size
+    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    side = (crop or {}).get("height") or processor.size.get("height") or processor.size.get("shortest_edge") or size
     data.update(input_size=(3, side, side), mean=tuple(processor.image_mean), std=tuple(processor.image_std))
     data["interpolation"] = _PIL_RESAMPLE.get(int(getattr(processor, "resample", 2)), "bilinear")
     return data
 
 
-def layer_ids(backbone: nn.Module, library: str) -> tuple[dict[str, int], int]:
+def layer_ids(backbone: nn.Module, library: str, skip: str = "") -> tuple[dict[str, int], int]:
     """Each backbone parameter's depth (0 = the input end) and the number of depths, for layer-wise
-    learning-rate decay: timm's own grouping, HF's numbered layers, else the top-level children."""
-    names = [n for n, _ in backbone.named_parameters()]
+    learning-rate decay: timm's own grouping, HF's numbered layers, else the order of the top-level
+    children, one level down into Sequentials (torchvision's DenseNet `features`, the report's CNN).
+    Parameters under `skip` (a head inside the model) are left out."""
+    names = [n for n, _ in backbone.named_parameters() if not (skip and n.startswith(skip))]
     if library == "timm" and hasattr(backbone, "group_matcher"):
         from timm.models import group_parameters
 
@@ -228,7 +256,11 @@ def layer_ids(backbone: nn.Module, library: str) -> tuple[dict[str, int], int]:
         top = max(found.values(), default=0) + 1
         ids = {n: found.get(n, 0 if "embed" in n else top) for n in names}
     else:
-        order = {child: i for i, (child, _) in enumerate(backbone.named_children())}
-        ids = {n: order[n.split(".")[0]] for n in names}
-    ranks = {v: i for i, v in enumerate(sorted(set(ids.values())))}  # compact: 0 .. depths - 1
+        order: dict[str, int] = {}
+        for child_name, child in backbone.named_children():
+            grandchildren = [g for g, _ in child.named_children()] if isinstance(child, nn.Sequential) else []
+            for part in [f"{child_name}.{g}" for g in grandchildren] or [child_name]:
+                order[part] = len(order)
+        ids = {n: order.get(".".join(n.split(".")[:2]), order.get(n.split(".")[0], 0)) for n in names}
+    ranks = {v: i for i, v in enumerate(sorted({ids[n] for n in names}))}  # compact: 0 .. depths - 1
     return {n: ranks[ids[n]] for n in names}, len(ranks)

@@ -102,7 +102,7 @@ def param_groups(cfg: Config, model: torch.nn.Module) -> list[dict[str, Any]]:
         if backbone is None:  # cnn, torchvision: the model is the backbone, minus its head
             backbone = model
         library = getattr(model, "library", "hf" if hasattr(backbone, "config") else "torch")
-        depth, depths = layer_ids(backbone, library)
+        depth, depths = layer_ids(backbone, library, skip=head if backbone is model else "")
     prefix = "backbone." if backbone is not None and backbone is not model else ""
     lrs: dict[float, list] = {}
     for name, param in trainable:

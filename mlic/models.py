@@ -5,6 +5,7 @@ layer, or ML-Decoder (cross-attention from label queries to the spatial features
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,7 @@ def build_model(cfg, num_labels: int, exported: dict | None = None) -> tuple[nn.
     if cfg.freeze_backbone:
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith(head_prefix(model))
-    if isinstance(model, BackboneClassifier):
+    if isinstance(model, BackboneClassifier) and exported is None:  # training builds it; inference has no DDP
         freeze_unused(model, preprocess.size)
     return model, preprocess
 
@@ -195,35 +196,31 @@ def _build_library(cfg, num_labels: int, exported: dict | None) -> tuple[nn.Modu
         record = {"kwargs": {}}
     else:
         backbone, record, data = build_hf(cfg.weights or source, cfg, exported and exported.get("hf"))
-    width = backbone.num_features if library == "timm" else _hf_width(backbone.config)
-    model = BackboneClassifier(backbone, make_head(cfg, width, num_labels), library)
+    interpolation = data.get("interpolation", "bilinear")  # mlic resizes bilinear or bicubic
+    preprocess = Preprocess(int(data["input_size"][-1]), tuple(data["mean"]), tuple(data["std"]),
+                            interpolation if interpolation == "bicubic" else "bilinear")
+    model = BackboneClassifier(backbone, nn.Identity(), library)
+    width = model.feature_width(cfg.head == "mldecoder", preprocess.size)
+    model.head = make_head(cfg, width, num_labels)
     model.record = {library: record}  # what `architecture` writes into model/config.json
-    mean, std = tuple(data["mean"]), tuple(data["std"])
-    interpolation = data.get("interpolation", "bilinear")
-    return model, Preprocess(int(data["input_size"][-1]), mean, std, interpolation if interpolation in
-                             ("bilinear", "bicubic", "nearest") else "bilinear")
-
-
-def _hf_width(config) -> int:
-    sizes = getattr(config, "hidden_sizes", None)  # CNNs (ConvNeXt, ResNet): the last stage's width
-    return int(sizes[-1]) if sizes else int(config.hidden_size)
+    return model, preprocess
 
 
 def freeze_unused(model: nn.Module, size: int) -> None:
     """A head on the spatial features leaves the backbone's own pooling layers (a final norm, an attention
     pool) out of the graph, and some backbones carry parameters for other tasks (DINOv2's mask token);
-    DDP stops on parameters that get no gradient, so they are frozen. Found by
-    one backward pass of a blank image, whatever the backbone (a CNN takes any size: a small one)."""
+    DDP stops on parameters that get no gradient, so they are frozen. Found by one backward pass of a
+    blank image at the model's input size (some hybrids take no other), whatever the backbone."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     was_training = model.training
-    side = min(size, 64) if is_cnn(model) else size
-    model.eval()(torch.zeros(1, 3, side, side)).float().sum().backward()
+    with torch.inference_mode(False), torch.enable_grad():
+        out = model.eval()(torch.zeros(1, 3, size, size)).float().sum()
+        grads = torch.autograd.grad(out, [p for _, p in trainable], allow_unused=True)
     model.train(was_training)
-    unused = [n for n, p in trainable if p.grad is None]
-    for name, param in trainable:
-        param.grad = None
-        param.requires_grad = name not in unused
-    if unused:
+    unused = [name for (name, param), grad in zip(trainable, grads) if grad is None]
+    for name in unused:
+        model.get_parameter(name).requires_grad = False
+    if unused and os.environ.get("RANK", "0") == "0":
         print(f"mlic: {len(unused)} backbone parameter(s) unused with the {type(model.head).__name__} head are "
               f"frozen (e.g. {unused[0]})")
 

@@ -45,7 +45,7 @@ def trim_metrics(run: Run, last_epoch: int) -> None:
 def log_epoch(run: Run, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
     acc = run.accelerator
     scalars = {f"{split}/{k}": v for split, values in metrics.items() for k, v in values.items()}
-    scalars["lr"] = run.optimizer.param_groups[0]["lr"]
+    scalars["lr"] = current_lr(run)
     if torch.cuda.is_available():
         scalars["gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     acc.log(scalars, step=epoch)
@@ -64,7 +64,13 @@ def log_epoch(run: Run, epoch: int, metrics: dict[str, dict[str, float]]) -> Non
 
 
 def log_step(run: Run, step: int, loss: torch.Tensor) -> None:
-    run.accelerator.log({"train/loss_step": loss.item(), "lr": run.optimizer.param_groups[0]["lr"]}, step=step)
+    run.accelerator.log({"train/loss_step": loss.item(), "lr": current_lr(run)}, step=step)
+
+
+def current_lr(run: Run) -> float:
+    """optim.lr as scheduled now: with head_lr / layer_decay the groups run at fixed multiples of it."""
+    group = run.optimizer.param_groups[0]
+    return run.cfg.optim.lr * group["lr"] / group.get("initial_lr", group["lr"]) if group.get("initial_lr") else group["lr"]
 
 
 def _flat_hparams(cfg: Config) -> dict[str, Any]:

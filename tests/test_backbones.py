@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from mlic.backbones import layer_ids
 from mlic.build import param_groups
 from mlic.config import ModelConfig, load_config
 from mlic.errors import ConfigError, MlicError
@@ -69,10 +70,31 @@ def test_layer_decay_and_head_lr_give_one_group_per_rate():
     assert {lr[n] for n in lr if n.startswith("head.")} == {1e-2}
     stem, last_block, top = lr["backbone.conv_stem.weight"], lr["backbone.blocks.6.0.conv_pwl.weight"], lr["backbone.bn2.weight"]
     assert stem < lr["backbone.blocks.0.0.conv_dw.weight"] < last_block <= top == pytest.approx(1e-3 * 0.5)
-    assert stem == pytest.approx(1e-3 * 0.5 ** (round(torch.log2(torch.tensor(1e-3 / stem)).item())))
+    _, depths = layer_ids(model.backbone, "timm")
+    assert depths == len({v for k, v in lr.items() if not k.startswith("head.")}) >= 10
+    assert stem == pytest.approx(1e-3 * 0.5 ** depths)  # the input end, decayed once per depth
     # unset, nothing changes: one group at optim.lr, as every run before these keys
     plain = load_config(None, ["model.name=timm/tf_efficientnet_lite0"])
     assert [len(g["params"]) for g in param_groups(plain, model)] == [len(trainable)]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "cnn"])
+def test_layer_decay_on_models_without_a_backbone_attribute(name):
+    """torchvision's and the report's CNN: the head keeps lr, the last backbone layer gets lr * decay."""
+    cfg = load_config(None, [f"model.name={name}", "model.pretrained=false", "optim.lr=1", "optim.layer_decay=0.5"])
+    model, _ = build_model(cfg.model, 3)
+    lr = {id(p): g["lr"] for g in param_groups(cfg, model) for p in g["params"]}
+    head = {lr[id(p)] for n, p in model.named_parameters() if n.startswith(("fc.", "head."))}
+    backbone = sorted({lr[id(p)] for n, p in model.named_parameters() if not n.startswith(("fc.", "head."))})
+    assert head == {1.0} and backbone[-1] == 0.5 and len(backbone) >= 8  # per block, not per top-level child
+
+
+def test_timm_pre_logits_width_and_a_no_weights_architecture():
+    """MobileNetV3's pooled features pass a wider pre-logits layer: the head is sized to what it receives."""
+    model, _ = build_model(ModelConfig(name="timm/mobilenetv3_small_050", pretrained=False, head="linear"), 5)
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 5)
+    with pytest.raises(ConfigError, match="no pretrained weights for 'efficientnet_b0_gn'.*model.pretrained=false"):
+        build_model(ModelConfig(name="timm/efficientnet_b0_gn"), 5)
 
 
 def test_report_vit_takes_layer_decay_too():
@@ -105,9 +127,12 @@ def test_hf_backbone_from_a_folder_loads_strictly_and_rebuilds_offline(tmp_path)
     assert torch.equal(loaded(x), model.eval()(x))
 
 
-def test_hf_weights_missing_keys_are_refused(tmp_path):
+def test_hf_weights_missing_keys_are_refused_and_half_precision_ones_load_as_float32(tmp_path):
     folder = tiny_hf(tmp_path / "vit")
     state = load_file(str(folder / "model.safetensors"))
+    save_file({k: v.bfloat16() for k, v in state.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model, _ = build_model(ModelConfig(name=f"hf/{folder}", head="linear"), 5)  # a bf16 checkpoint
+    assert {p.dtype for p in model.parameters()} == {torch.float32} and model(torch.rand(1, 3, 32, 32)).isfinite().all()
     del state["encoder.layer.1.output.dense.weight"]
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(MlicError, match=r"not this backbone's weights: 1 of its keys missing \(e.g. layers\.1\."):

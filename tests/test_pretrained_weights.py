@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from mlic.config import ModelConfig
 from mlic.data.decode import DecodeSettings, decode_image
@@ -97,3 +97,14 @@ def test_unconverted_weights_are_refused(lite0_original):
     message = str(error.value)
     assert "\n" not in message, message  # the CLI prints it as one line
     assert str(lite0_original) in message and "conv_stem" in message, message
+
+
+def test_weights_of_another_variant_are_refused_in_one_line(lite0_weights, tmp_path):
+    """The right names with other shapes (another width of the architecture): one line, not a traceback."""
+    state = load_file(str(lite0_weights))
+    state["conv_stem.weight"] = state["conv_stem.weight"][:16]
+    other = tmp_path / "other.safetensors"
+    save_file(state, str(other))
+    with pytest.raises(MlicError, match=r"not this backbone's weights: size mismatch for conv_stem.weight") as error:
+        build_model(ModelConfig(name=LITE0, weights=str(other), head="linear"), NUM_LABELS)
+    assert "\n" not in str(error.value)
