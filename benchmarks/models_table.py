@@ -25,14 +25,16 @@ from tests.pretrained import lite0_weights_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 LITE0 = "timm/tf_efficientnet_lite0"
-SAME_LR = ["optim.lr=1e-3", "optim.layer_decay=null"]  # the test's budget: one rate, no layer decay
+SAME_LR = ["optim.lr=1e-3", "optim.head_lr=null", "optim.layer_decay=null"]  # configs/finetune.yaml's rates
+DECAYED = ["optim.lr=1e-4", "optim.head_lr=1e-3", "optim.layer_decay=0.8"]  # the transformer fine-tuning habit
 GRID = {  # name: (config, model name, overrides)
     "Lite0 ImageNet, linear head, lr 1e-3": ("finetune.yaml", LITE0, ["model.head=linear", *SAME_LR]),
     "Lite0 random init, linear head, lr 1e-3": ("finetune.yaml", LITE0, ["model.head=linear", "model.pretrained=false", *SAME_LR]),
     "Lite0 ImageNet, report head, lr 1e-3": ("finetune.yaml", LITE0, ["model.head=report", *SAME_LR]),
-    "Lite0 ImageNet, mldecoder head, lr 1e-3": ("finetune.yaml", LITE0, SAME_LR),
-    "Lite0 ImageNet, configs/finetune.yaml as shipped (mldecoder, head_lr 1e-3, layer_decay 0.8)": ("finetune.yaml", LITE0, []),
-    "Lite0 random init, configs/finetune.yaml as shipped": ("finetune.yaml", LITE0, ["model.pretrained=false"]),
+    "Lite0 ImageNet, mldecoder head, lr 1e-3": ("finetune.yaml", LITE0, ["model.head=mldecoder", *SAME_LR]),
+    "Lite0 ImageNet, mldecoder head, lr 1e-4, head_lr 1e-3, layer_decay 0.8": ("finetune.yaml", LITE0, ["model.head=mldecoder", *DECAYED]),
+    "Lite0 random init, the same": ("finetune.yaml", LITE0, ["model.head=mldecoder", "model.pretrained=false", *DECAYED]),
+    "Lite0 ImageNet, linear head, lr 1e-4, head_lr 1e-3, layer_decay 0.8": ("finetune.yaml", LITE0, ["model.head=linear", *DECAYED]),
     "report CNN (configs/cnn.yaml: report head, lr 1e-3), random init": ("cnn.yaml", "cnn", []),
 }
 
@@ -48,10 +50,11 @@ def main() -> None:
     out = Path(args.out)
     root = write_mosaics(out / f"mosaics{args.images}", images=args.images, seed=0)
     print("| run | images | px | epochs | best val mAP | best val macro-F1 | wall s |\n|---|---|---|---|---|---|---|")
-    for k, (name, (config, model, overrides)) in enumerate(GRID.items()):
+    for name, (config, model, overrides) in GRID.items():
         if args.only and args.only not in name:
             continue
-        run = out / f"run{k}_{args.images}_{args.size}_{args.epochs}"
+        slug = "".join(c if c.isalnum() else "_" for c in name.lower())  # a row's own folder, whatever the order
+        run = out / f"{slug}_{args.images}_{args.size}_{args.epochs}"
         start = time.perf_counter()
         fit(load_config(REPO / "configs" / config, [
             f"model.name={model}", f"data.root={root}", f"run.output_dir={run}", f"data.image_size={args.size}",

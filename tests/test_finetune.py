@@ -22,7 +22,7 @@ LITE0 = "timm/tf_efficientnet_lite0"
 # The budget of the pretrained-vs-scratch comparison (docs/MODELS.md has the figures it was sized by): a
 # linear head learns in so few steps; ML-Decoder's attention needs more (docs/MODELS.md) and is run once.
 BUDGET = ["data.image_size=96", "data.num_workers=0", "train.epochs=2", "train.batch_size=32", "run.progress=false",
-          "optim.lr=1e-3", "optim.layer_decay=null"]
+          "optim.lr=1e-3", "optim.head_lr=null", "optim.layer_decay=null"]
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +37,14 @@ def mosaics(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fine_tuned(mosaics, lite0_weights, tmp_path_factory):
     """The same architecture and budget from ImageNet weights and from random ones (linear head), and one
-    epoch of the shipped fine-tuning recipe (ML-Decoder head) in one process."""
+    epoch with the ML-Decoder head in one process."""
     from mlic.engine import fit
 
     runs = {}
     for name, overrides in {"pretrained": [*BUDGET, "model.head=linear"],
                             "scratch": [*BUDGET, "model.head=linear", "model.pretrained=false"],
                             "mldecoder": ["data.image_size=64", "data.num_workers=0", "train.epochs=1",
-                                          "train.batch_size=32", "run.progress=false"]}.items():
+                                          "train.batch_size=32", "run.progress=false", "model.head=mldecoder"]}.items():
         runs[name] = tmp_path_factory.mktemp("finetune") / name
         fit(load_config(REPO / "configs" / "finetune.yaml", [
             f"data.root={mosaics}", f"run.output_dir={runs[name]}", f"model.name={LITE0}",
@@ -93,11 +93,12 @@ def test_two_process_fine_tuning_killed_after_a_checkpoint_resumes_exactly(tmp_p
     rate) across 2 processes: killed after the step-4 checkpoint and restarted, the run ends as the
     uninterrupted one."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    args = (f"model.weights={lite0_weights}",)  # configs/finetune.yaml: mldecoder, head_lr, layer_decay
+    args = (f"model.weights={lite0_weights}", "model.head=mldecoder", "optim.head_lr=1e-3", "optim.layer_decay=0.8")
     done = _launch(LITE0, straight, 29551, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     written = yaml.safe_load((straight / "config.yaml").read_text())
     assert written["_provenance"]["world_size"] == 2 and written["model"]["head"] == "mldecoder"
+    assert written["model"]["name"] == LITE0 and written["run"]["output_dir"] == str(straight)  # MODEL, then overrides
     assert written["optim"]["layer_decay"] == 0.8 and written["optim"]["head_lr"] == 1e-3
 
     killed = _launch(LITE0, resumed, 29551, *args, fault="step:6")
