@@ -36,7 +36,7 @@ class SmallCNN(nn.Module):
     """The report's CNN (Figure 4): conv-BN-ReLU-maxpool blocks, global average pooling, then the head."""
 
     def __init__(self, num_labels: int, widths=(32, 64, 128, 256), batchnorm: bool = True, dropout: float = 0.5,
-                 head: str = "report"):
+                 head: Callable[[int], nn.Module] | None = None):
         super().__init__()
         blocks: list[nn.Module] = []
         in_ch = 3
@@ -47,7 +47,7 @@ class SmallCNN(nn.Module):
             ]
             in_ch = width
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = Head(in_ch, num_labels, batchnorm, dropout) if head == "report" else nn.Linear(in_ch, num_labels)
+        self.head = head(in_ch) if head is not None else Head(in_ch, num_labels, batchnorm, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -167,7 +167,7 @@ def build_model(cfg, num_labels: int, exported: dict | None = None) -> tuple[nn.
         raise ConfigError(f"config key 'model.head': mldecoder needs a backbone's spatial features; {cfg.name} "
                           f"pools them away. Use timm's build of it (model.name=timm/{cfg.name}) or model.head=report")
     if cfg.name == "cnn":
-        model = SmallCNN(num_labels, batchnorm=cfg.head_batchnorm, dropout=cfg.dropout, head=cfg.head)
+        model = SmallCNN(num_labels, head=lambda width: make_head(cfg, width, num_labels))
         preprocess = Preprocess(128, IMAGENET_MEAN, IMAGENET_STD)
     elif cfg.name in TORCHVISION:
         model = build_torchvision(cfg.name, num_labels, cfg)

@@ -108,7 +108,7 @@ def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) 
     """Loaders and transforms for `split` (from `load_split`); `preprocess.size` is the model's input
     side. The cache is built once per node and holds only the rows of the split."""
     dataset, train_idx, val_idx = split
-    size = preprocess.size
+    size, mode = preprocess.size, preprocess.interpolation
     used = np.union1d(train_idx, val_idx)
     cached = use_cache(cfg.data, len(dataset))  # the cache file has a slot for every row
     world = accelerator.num_processes
@@ -125,11 +125,9 @@ def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) 
                                 "leaves unreadable images out of training") from None
         train_source = val_source = CachedImages(path, dataset.targets)
         common["collate_fn"] = collate_batch
-        mode = preprocess.interpolation
         train_transform = DeviceTransform(size, preprocess.mean, preprocess.std, cfg.augment, channels_last, mode)
         eval_transform = DeviceTransform(size, preprocess.mean, preprocess.std, None, channels_last, mode)
     else:
-        mode = preprocess.interpolation
         train_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std, cfg.augment, mode))
         val_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std, None, mode))
         train_transform = eval_transform = PassThrough(channels_last)
