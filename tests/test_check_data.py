@@ -10,6 +10,7 @@ from mlic.data.datasets import load_dataset
 from mlic.data.pipeline import build_data, load_split
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mlic.errors import DataError
+from mlic.models import Preprocess
 from tests.conftest import REPO
 
 
@@ -18,7 +19,7 @@ def _one_process():
 
 
 def _preprocess(size=32):
-    return SimpleNamespace(size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return Preprocess(size, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def test_clean_demo_data_exits_0(demo_dir, capsys):
