@@ -146,7 +146,7 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     data = build_data(cfg, accelerator, split, preprocess, channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg.loss.pos_weight, data.train_targets, cfg.loss.pos_weight_clip)
+    loss_fn = build_loss(cfg.loss, data.train_targets)
     optimizer = build_optimizer(cfg, model, accelerator.distributed_type == DistributedType.DEEPSPEED)
     # accelerate deals each rank the same number of whole batches (the loader drops the last partial one)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch(cfg, len(data.train_loader) // accelerator.num_processes))

@@ -95,8 +95,15 @@ class ScheduleConfig:
 
 @dataclass
 class LossConfig:
-    pos_weight: Literal["none", "auto"] = "none"  # report §2.1 "weighted loss"
+    name: Literal["bce", "focal", "asl"] = "bce"
+    pos_weight: Literal["none", "auto"] = "none"  # report §2.1 "weighted loss" (weighs every loss's positive term)
     pos_weight_clip: float | None = None
+    focal_gamma: float = 2.0  # focal: (1 - p_t) ** gamma (Lin et al. 2017)
+    # asl: Ridnik et al. 2021, the paper's defaults. Negatives' probabilities are shifted down by asl_clip
+    # (easy negatives contribute nothing) and weighted by p ** gamma_neg; positives by (1 - p) ** gamma_pos.
+    gamma_neg: float = 4.0
+    gamma_pos: float = 0.0
+    asl_clip: float = 0.05
 
 
 @dataclass

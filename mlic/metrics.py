@@ -12,10 +12,17 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+# The field's names (ML-GCN, ASL): C* per class then averaged, O* overall over every (image, label) entry.
+FIELD_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+TOP_K = 3  # ML-GCN's top-3 protocol
 METRIC_KEYS = (
     "accuracy", "subset_accuracy", "precision_micro", "recall_micro", "f1_micro",
     "precision_macro", "recall_macro", "f1_macro", "mAP",
+    *FIELD_KEYS, *(f"{k}_top{TOP_K}" for k in FIELD_KEYS),
 )
+# The keys that no threshold changes: they get no `<key>_tuned` twin. The top-3 keys are not among them,
+# since ML-GCN's protocol also asks a top-3 label to reach the threshold (see `top_k_predictions`).
+THRESHOLD_FREE = ("mAP",)
 
 
 def _binarize(y_prob: np.ndarray, threshold) -> np.ndarray:
@@ -31,8 +38,9 @@ def mean_average_precision(y_true: np.ndarray, y_prob: np.ndarray) -> float:
 
 
 def compute_metrics(y_true, y_prob, threshold=0.5) -> dict[str, float]:
-    """The SPEC §5 metrics. `accuracy` is element-wise (1 - Hamming loss), as in the report;
-    `subset_accuracy` needs every label of an image right. `threshold`: a float or one per label."""
+    """The SPEC §5 metrics, METRIC_KEYS (docs/METRICS.md defines each). `accuracy` is element-wise
+    (1 - Hamming loss), as in the report; `subset_accuracy` needs every label of an image right; the
+    field's CP ... OF1, at the threshold and by the top-3 protocol. `threshold`: a float or one per label."""
     y_true = np.asarray(y_true).astype(np.int64)
     y_prob = np.asarray(y_prob, dtype=np.float64)
     y_pred = _binarize(y_prob, threshold)
@@ -44,7 +52,51 @@ def compute_metrics(y_true, y_prob, threshold=0.5) -> dict[str, float]:
         p, r, f, _ = _prf(y_true, y_pred, average)
         out.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
     out["mAP"] = mean_average_precision(y_true, y_prob)
+    out.update(field_metrics(y_true, y_pred))
+    top = field_metrics(y_true, top_k_predictions(y_prob, threshold, TOP_K))
+    out.update({f"{k}_top{TOP_K}": v for k, v in top.items()})
     return out
+
+
+def field_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """CP, CR, CF1, OP, OR, OF1 of 0/1 predictions, as ML-GCN and ASL report them.
+
+    CP and CR are the means over labels of per-label precision and recall (sklearn's macro averages);
+    CF1 is their harmonic mean, which is not the mean of per-label F1 (`f1_macro`). OP, OR, OF1 count
+    every (image, label) entry together: sklearn's micro averages. A label never predicted has
+    precision 0, one without positives recall 0 (sklearn's zero_division=0; ML-GCN's code gives NaN there).
+    """
+    cp, cr, _, _ = _prf(y_true, y_pred, "macro")
+    op, o_r, of1, _ = _prf(y_true, y_pred, "micro")
+    return {"CP": float(cp), "CR": float(cr), "CF1": _harmonic_mean(cp, cr),
+            "OP": float(op), "OR": float(o_r), "OF1": float(of1)}
+
+
+def top_k_predictions(y_prob: np.ndarray, threshold, k: int = TOP_K) -> np.ndarray:
+    """ML-GCN's top-k prediction (`AveragePrecisionMeter.overall_topk` in its util.py): a label is predicted
+    when it is among an image's k highest scores AND its score reaches the threshold (ML-GCN tests logit >= 0,
+    i.e. probability >= 0.5). With fewer than k labels, all are candidates. Ties go to the lower label index."""
+    top = np.argsort(-y_prob, axis=1, kind="stable")[:, :k]
+    in_top = np.zeros(y_prob.shape, dtype=bool)
+    np.put_along_axis(in_top, top, True, axis=1)
+    return (in_top & (_binarize(y_prob, threshold) == 1)).astype(np.int64)
+
+
+def voc11_average_precision(y_true_col, y_score_col) -> float:
+    """PASCAL VOC2007's 11-point interpolated AP of one label: the mean over recall levels 0, 0.1, ..., 1 of
+    the highest precision at a recall >= the level (0 where none reaches it). For comparison with older
+    papers only; `mAP` is sklearn's non-interpolated AP. Tied scores form one point of the curve here
+    (as in sklearn), where VOC's devkit ranks them one by one. NaN for a label without positives."""
+    y_true_col = np.asarray(y_true_col).astype(np.int64)
+    if not y_true_col.any():
+        return float("nan")
+    precision, recall, _ = precision_recall_curve(y_true_col, np.asarray(y_score_col, dtype=np.float64))
+    # sklearn appends (recall 0, precision 1), a point no threshold reaches; VOC's curve has none.
+    precision, recall = precision[:-1], recall[:-1]
+    levels = np.linspace(0.0, 1.0, 11)
+    # The tolerance counts a recall of 3/10 as reaching level 0.3 (the devkit's 0.1 steps drift above it).
+    reached = recall[None, :] >= levels[:, None] - 1e-12
+    return float(np.where(reached, precision[None, :], 0.0).max(axis=1).mean())
 
 
 def per_label_metrics(y_true, y_prob, label_names, threshold=0.5) -> list[dict]:
@@ -86,8 +138,8 @@ def tune_thresholds(y_true, y_prob, default: float = 0.5) -> np.ndarray:
 
 
 def tuned_metrics(y_true, y_prob, thresholds) -> dict[str, float]:
-    """`<metric>_tuned`: the metrics that depend on thresholds, at per-label `thresholds` (mAP does not)."""
-    return {f"{k}_tuned": v for k, v in compute_metrics(y_true, y_prob, thresholds).items() if k != "mAP"}
+    """`<metric>_tuned`: the metrics that depend on thresholds, at per-label `thresholds` (not THRESHOLD_FREE)."""
+    return {f"{k}_tuned": v for k, v in compute_metrics(y_true, y_prob, thresholds).items() if k not in THRESHOLD_FREE}
 
 
 def heldout_tuned_f1_macro(y_true, y_prob, default: float = 0.5) -> float:
@@ -111,6 +163,10 @@ def _prf(y_true: np.ndarray, y_pred: np.ndarray, average: str | None):
         return precision_recall_fscore_support(y_true[:, 0], y_pred[:, 0], labels=[1], average=average,
                                                zero_division=0)
     return precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
+
+
+def _harmonic_mean(a: float, b: float) -> float:
+    return float(2 * a * b / (a + b)) if a + b > 0 else 0.0
 
 
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:

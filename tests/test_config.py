@@ -58,7 +58,7 @@ def test_every_shipped_config_builds(path):
 
     labels = (np.random.default_rng(0).random((64, 14)) < 0.3).astype(np.uint8)
     labels[np.arange(14), np.arange(14)] = 1  # every label has a positive
-    loss = build_loss(cfg.loss.pos_weight, labels, cfg.loss.pos_weight_clip)
+    loss = build_loss(cfg.loss, labels)
     assert (loss.pos_weight is None) is (cfg.loss.pos_weight == "none")
     assert float(loss(torch.zeros(64, 14), torch.from_numpy(labels).float())) > 0
     if cfg.sampler.name == "balanced":

@@ -3,6 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss, precision_score, recall_score
 
+from mlic.config import LossConfig
 from mlic.losses import build_loss, pos_weight
 from mlic.metrics import METRIC_KEYS, compute_metrics, per_label_metrics, tune_thresholds
 
@@ -16,8 +17,8 @@ def test_pos_weight_is_negatives_over_positives():
     assert w[0].item() == pytest.approx(3.0) and w[1].item() == pytest.approx(1.0)
     assert w[2].item() == pytest.approx(400.0)  # no positive: as if one, not inf
     assert pos_weight(y, clip=10.0)[2].item() == pytest.approx(10.0)
-    assert torch.equal(build_loss("auto", y).pos_weight, w)
-    assert build_loss("none", y).pos_weight is None
+    assert torch.equal(build_loss(LossConfig(pos_weight="auto"), y).pos_weight, w)
+    assert build_loss(LossConfig(pos_weight="none"), y).pos_weight is None
 
 
 def test_metrics_match_sklearn_on_random_data():
