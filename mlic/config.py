@@ -50,6 +50,17 @@ class AugmentConfig:
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.02
+    # report: flips + ColorJitter (above). randaugment / trivialaugment: flips + that policy instead of
+    # the jitter, drawn per image (RandAugment: `randaugment_n` ops at magnitude `randaugment_m` of 30).
+    policy: Literal["report", "randaugment", "trivialaugment"] = "report"
+    randaugment_n: int = 2
+    randaugment_m: int = 9
+    cutout: float = 0.0  # probability that an image gets one random rectangle erased (random erasing)
+    cutout_scale: list[float] = field(default_factory=lambda: [0.02, 0.33])  # erased area, a share of the image
+    # Mixing images and their multi-hot targets in the batch: Beta(alpha, alpha) weights; 0 turns it off.
+    # MixUp mixes targets convexly, CutMix by the pasted area; with both on each image takes one of them.
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Augmentation and normalisation: batched on the device (fast path) and per image with torchvision
-transforms v2 (for datasets too big to cache). Both apply the report's augmentations (§3.1): random
-horizontal and vertical flips and ColorJitter, then resize to the model's input and normalise."""
+transforms v2 (for datasets too big to cache). Both apply random horizontal and vertical flips, then the
+`augment.policy`: the report's ColorJitter (§3.1), RandAugment or TrivialAugmentWide; resize to the
+model's input, normalise, and optionally erase one rectangle per image (`augment.cutout`). MixUp and
+CutMix mix whole batches: `mlic.data.policies.mix_batch`, called by the engine on either path."""
 
 from __future__ import annotations
 
@@ -8,84 +10,49 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from mlic.data.policies import (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    check_augment,
+    rand_augment,
+    random_erasing,
+    trivial_augment_wide,
+)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+
+
+def _policy(aug) -> v2.Transform:
+    if aug.policy == "randaugment":
+        return v2.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m)
+    if aug.policy == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    return v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)
 
 
 def per_image_transform(size: int, mean, std, aug=None, interpolation: str = "bilinear") -> v2.Compose:
     """The torchvision-reference path: PIL image -> normalised float tensor, augmented if `aug`."""
     steps: list = [v2.ToImage()]  # uint8 ops, float last: torchvision's usual (and fastest) order
-    if aug is not None and aug.enabled:
-        steps += [
-            v2.RandomHorizontalFlip(aug.hflip),
-            v2.RandomVerticalFlip(aug.vflip),
-            v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue),
-        ]
+    augment = aug is not None and aug.enabled
+    if augment:
+        check_augment(aug)
+        steps += [v2.RandomHorizontalFlip(aug.hflip), v2.RandomVerticalFlip(aug.vflip), _policy(aug)]
     mode = v2.InterpolationMode(interpolation)
     steps += [v2.Resize((size, size), interpolation=mode, antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if augment and aug.cutout > 0:  # after Normalize, value 0 is the mean colour, as on the device
+        steps.append(v2.RandomErasing(p=aug.cutout, scale=tuple(aug.cutout_scale), value=0))
     return v2.Compose(steps)
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
-
-
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (factor * x + (1 - factor) * other).clamp_(0, 1)
-
-
-def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (x * factor.view(-1, 1, 1, 1)).clamp_(0, 1)
-
-
-def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(x, mean, factor.view(-1, 1, 1, 1))
-
-
-def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(x, _gray(x), factor.view(-1, 1, 1, 1))
-
-
-def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by `shift` (in turns, per image), via HSV with torchvision's formulas."""
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    eqc = maxc == minc
-    cr = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = cr / torch.where(eqc, ones, maxc)
-    cr_div = torch.where(eqc, ones, cr)
-    rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    h = torch.remainder(h + shift.view(-1, 1, 1), 1.0)
-    h6 = h * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    i = i.to(torch.int64) % 6
-    v = maxc
-    p = (v * (1 - s)).clamp(0, 1)
-    q = (v * (1 - s * f)).clamp(0, 1)
-    t = (v * (1 - s * (1 - f))).clamp(0, 1)
-    mask = i.unsqueeze(1) == torch.arange(6, device=x.device).view(1, -1, 1, 1)  # (N, 6, H, W)
-    a1 = torch.stack((v, q, p, p, t, v), dim=1)
-    a2 = torch.stack((t, v, v, q, p, p), dim=1)
-    a3 = torch.stack((p, p, t, v, v, q), dim=1)
-    a4 = torch.stack((a1, a2, a3), dim=1)  # (N, 3, 6, H, W)
-    return (a4 * mask.unsqueeze(1)).sum(dim=2)
 
 
 class DeviceTransform(torch.nn.Module):
     """uint8 (B, 3, H, W) batch on the device -> augmented, resized, normalised float batch.
 
-    Each image gets its own flips and jitter factors, drawn from `generator`: the result depends only
-    on the batch and the generator's seed, not on the global RNG (so a resumed run sees the same
+    Each image gets its own flips, policy parameters (jitter factors; RandAugment's or TrivialAugment's
+    ops, signs and magnitudes) and erased rectangle, drawn from `generator`: the result depends only on
+    the batch and the generator's seed, not on the global RNG (so a resumed run sees the same
     augmentations). ColorJitter applies brightness, contrast, saturation, hue in that fixed order
     (torchvision permutes the order per image).
     """
@@ -95,6 +62,8 @@ class DeviceTransform(torch.nn.Module):
         self.size = size
         self.interpolation = interpolation
         self.aug = aug if aug is not None and aug.enabled else None
+        if self.aug is not None:
+            check_augment(self.aug)
         self.channels_last = channels_last
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -102,7 +71,9 @@ class DeviceTransform(torch.nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-        shrink = x.shape[-1] > self.size  # jitter the smaller picture: same distribution, less work
+        # augment the smaller picture: less work, the same distribution (but TrivialAugment's translations
+        # are in pixels, so they move a picture further at the smaller size)
+        shrink = x.shape[-1] > self.size
         if shrink:
             x = self._resize(x)
         if self.aug is not None:
@@ -110,6 +81,8 @@ class DeviceTransform(torch.nn.Module):
         if not shrink:
             x = self._resize(x)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.aug is not None and self.aug.cutout > 0:  # 0 after normalising: the mean colour, as torchvision's
+            x = random_erasing(x, generator, self.aug.cutout, tuple(self.aug.cutout_scale))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +102,11 @@ class DeviceTransform(torch.nn.Module):
         flip_v = torch.rand(n, device=dev, generator=generator) < a.vflip
         x = torch.where(flip_h.view(-1, 1, 1, 1), x.flip(-1), x)
         x = torch.where(flip_v.view(-1, 1, 1, 1), x.flip(-2), x)
+        # x is this transform's own (the flips made it), so the policies may write into it
+        if a.policy == "randaugment":
+            return rand_augment(x, generator, a.randaugment_n, a.randaugment_m, inplace=True)
+        if a.policy == "trivialaugment":
+            return trivial_augment_wide(x, generator, inplace=True)
         if a.brightness > 0:
             x = adjust_brightness(x, uniform(max(0.0, 1 - a.brightness), 1 + a.brightness))
         if a.contrast > 0:
