@@ -16,6 +16,7 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectCon
 from mlic.backbones import layer_ids
 from mlic.config import Config
 from mlic.data.pipeline import Data, build_data, load_split
+from mlic.ema import WeightEma
 from mlic.errors import ConfigError
 from mlic.losses import build_loss
 from mlic.models import Preprocess, build_model, head_prefix, is_cnn
@@ -39,6 +40,13 @@ class Run:
     identity: dict[str, Any]  # what a checkpoint must match to be resumed by this run
     cast: torch.dtype | None  # input dtype under DeepSpeed half precision
     steps_per_epoch: int  # optimizer steps of an epoch on each rank (train.max_steps_per_epoch applied)
+    ema: WeightEma | None = None  # train.ema_decay: the average of the weights, evaluated beside them
+
+
+def base_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The model under DDP / DeepSpeed / torch.compile wrappers: its tensors are the trained ones."""
+    unwrapped = accelerator.unwrap_model(model)
+    return getattr(unwrapped, "_orig_mod", unwrapped)
 
 
 def steps_per_epoch(cfg: Config, batches_per_rank: int) -> int:
@@ -46,6 +54,13 @@ def steps_per_epoch(cfg: Config, batches_per_rank: int) -> int:
     `train.max_steps_per_epoch` caps the count."""
     steps = math.ceil(batches_per_rank / cfg.train.grad_accum)
     return min(steps, cfg.train.max_steps_per_epoch) if cfg.train.max_steps_per_epoch else steps
+
+
+def check_ema(cfg: Config, accelerator: Accelerator) -> None:
+    """DeepSpeed holds the weights in its own engine (sharded from ZeRO-3 on): no average of them here."""
+    if cfg.train.ema_decay is not None and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError("config key 'train.ema_decay': an EMA of the weights is not supported under DeepSpeed; "
+                          "unset it (train.ema_decay=null) or train with DDP (a launch/ config without deepspeed)")
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -65,6 +80,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
         step_scheduler_with_optimizer=False,  # the schedule's unit (epoch or step) is ours, whatever the world size
     )
     check_world_size(accelerator)
+    check_ema(cfg, accelerator)
     return accelerator
 
 
@@ -158,6 +174,11 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     data.train_transform.to(accelerator.device)
     data.eval_transform.to(accelerator.device)
     identity = {"model": cfg.model.name, "label_names": dataset.label_names}
+    ema = None
+    if cfg.train.ema_decay is not None:
+        ema = WeightEma(base_model(accelerator, model), cfg.train.ema_decay, cfg.train.ema_warmup)
+        accelerator.register_for_checkpointing(ema)  # its tensors travel in every checkpoint
+        identity["ema"] = True  # a checkpoint with the average resumes only into a run with one, and back
     return Run(cfg, accelerator, Path(cfg.run.output_dir), data, model, optimizer, scheduler,
                loss_fn.to(accelerator.device), train_loader, val_loader, preprocess, identity,
-               input_dtype(accelerator), steps_per_epoch(cfg, len(train_loader)))
+               input_dtype(accelerator), steps_per_epoch(cfg, len(train_loader)), ema)

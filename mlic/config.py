@@ -142,6 +142,10 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
     skip_nonfinite: bool = False  # skip steps with a non-finite loss/gradient (one host sync per step)
     stop_check_every: int = 10  # steps between checks for a stop request (SIGTERM/SIGUSR1/stop file)
+    # An exponential moving average of the weights, evaluated beside them every epoch ("val_ema"): None is
+    # off. With ema_warmup the decay starts low and grows to ema_decay as min(decay, (1 + t) / (10 + t)).
+    ema_decay: float | None = None
+    ema_warmup: bool = True
 
 
 @dataclass
@@ -247,7 +251,8 @@ def _apply(obj: Any, updates: dict[str, Any], prefix: str, source: str) -> None:
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a config file; a top-level `base: other.yaml` (relative to the file) is read first."""
+    """Read a config file; a top-level `base: other.yaml` (relative to the file) is read first. A list of
+    bases (`base: [vit.yaml, modern.yaml]`: a model, then a recipe) is merged in order, later ones winning."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config {path}: 'base' chain loops back to itself")
@@ -262,7 +267,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = data.pop("base", None)
     if base is None:
         return data
-    merged = _read_yaml(path.parent / base, (*seen, path))
+    merged: dict[str, Any] = {}
+    for one in base if isinstance(base, list) else [base]:
+        if not isinstance(one, str):
+            raise ConfigError(f"config {path}: 'base' must be a file name or a list of them, not {one!r}")
+        _deep_merge(merged, _read_yaml(path.parent / one, (*seen, path)))
     _deep_merge(merged, data)
     return merged
 

@@ -18,9 +18,18 @@ from tqdm.auto import tqdm
 
 from mlic import faults
 from mlic.allocator import keep_freed_memory
-from mlic.build import Run, build_optimizer, build_run, build_scheduler, input_dtype, make_accelerator
+from mlic.build import (
+    Run,
+    base_model,
+    build_optimizer,
+    build_run,
+    build_scheduler,
+    input_dtype,
+    make_accelerator,
+)
 from mlic.config import Config
-from mlic.errors import ConfigError, MlicError
+from mlic.data.policies import mix_batch
+from mlic.errors import MlicError
 from mlic.export import export_model
 from mlic.metrics import METRIC_KEYS, compute_metrics, heldout_tuned_f1_macro, tune_thresholds, tuned_metrics
 from mlic.models import architecture
@@ -29,6 +38,7 @@ from mlic.run_lock import RunFolderLock
 from mlic.run_log import log_epoch, log_step, start_run_folder, trim_metrics
 from mlic.run_state import RunState, latest_checkpoint
 from mlic.seeding import mix_seed
+from mlic.selection import check_select_metric, chosen_split
 
 __all__ = ["build_optimizer", "build_scheduler", "evaluate", "fit", "predict_logits", "train_one_epoch"]
 
@@ -51,13 +61,11 @@ def fit(cfg: Config) -> dict[str, dict]:
             if train.stopped:
                 save_checkpoint(run, state)
                 return stopped(run, state, f"epoch {state.epoch}, step {state.step_in_epoch} of it")
-            val, thresholds = evaluate(run.model, run.val_loader, run.data.eval_transform, run.loss_fn, accelerator,
-                                       cfg.eval.thresholds == "per_label", cfg.eval.threshold)
-            last = {"train": train.metrics, "val": val}
+            last, thresholds = evaluate_epoch(run, train.metrics)
             log_epoch(run, state.epoch, last)
-            split, _, key = cfg.train.select_metric.partition("/")
+            split, key = chosen_split(cfg, last)
             if state.improved(last[split][key], lower_is_better=key == "loss"):
-                export_best(run, state.epoch, val, thresholds)
+                export_best(run, state.epoch, split, last[split], thresholds[split])
             state.next_epoch()
             save_checkpoint(run, state)
             if state.epoch <= cfg.train.epochs and stop.requested(accelerator):
@@ -92,6 +100,9 @@ def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> EpochResult:
             continue
         outputs.end_window(keep=not skipped)  # a skipped step's outputs stay out of the metrics
         state.skipped_steps += skipped
+        if run.ema is not None and not skipped:
+            run.ema.update(state.ema_updates)
+            state.ema_updates += 1
         state.step_done(cfg.batch_size * cfg.grad_accum * acc.num_processes)
         if run.cfg.schedule.interval == "step":
             run.scheduler.step()
@@ -119,8 +130,12 @@ def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> EpochResult:
 
 def forward_backward(run: Run, images, target, generator: torch.Generator):
     """The augmented batch through the model, the loss and its gradients. Returns (logits, loss),
-    detached, on the device."""
+    detached, on the device. With MixUp / CutMix the loss sees the mixed targets; the epoch's training
+    metrics compare the outputs with the images' own targets."""
     x = run.data.train_transform(images, generator)
+    aug = run.cfg.augment
+    if aug.enabled and (aug.mixup > 0 or aug.cutmix > 0):
+        x, target = mix_batch(x, target.float(), generator, aug.mixup, aug.cutmix)
     if run.cast is not None:
         x = x.to(run.cast)
     logits = run.model(x).float()
@@ -280,16 +295,20 @@ def evaluate(model, loader, transform, loss_fn, accelerator, tune: bool = False,
     return metrics, thresholds
 
 
-def check_select_metric(cfg: Config) -> None:
-    """`train.select_metric` names a metric the run reports: `*_tuned` only on val, with per-label thresholds."""
-    name = cfg.train.select_metric
-    split, _, key = name.partition("/")
-    known = {*METRIC_KEYS, "loss"}
-    if split == "val" and cfg.eval.thresholds == "per_label":
-        known |= {f"{k}_tuned" for k in METRIC_KEYS if k != "mAP"}
-    if split not in ("train", "val") or key not in known:
-        raise ConfigError(f"config key 'train.select_metric': {name!r} is not a metric of this run; use train/ or "
-                          f"val/ with one of {', '.join(sorted(known))} (`*_tuned`: val/ with eval.thresholds=per_label)")
+def evaluate_epoch(run: Run, train_metrics: dict[str, float]) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """The epoch's metrics by split ("train", "val", and "val_ema" with an EMA) and each val split's
+    thresholds. The average runs under the training's autocast, as the prepared model does."""
+    acc, cfg = run.accelerator, run.cfg
+    tune = cfg.eval.thresholds == "per_label"
+    metrics, thresholds = {"train": train_metrics}, {}
+    metrics["val"], thresholds["val"] = evaluate(run.model, run.val_loader, run.data.eval_transform, run.loss_fn,
+                                                 acc, tune, cfg.eval.threshold)
+    if run.ema is not None:
+        run.ema.share_buffers(acc)
+        with acc.autocast():
+            metrics["val_ema"], thresholds["val_ema"] = evaluate(run.ema.module, run.val_loader, run.data.eval_transform,
+                                                                 run.loss_fn, acc, tune, cfg.eval.threshold)
+    return metrics, thresholds
 
 
 def resume(run: Run) -> RunState:
@@ -329,18 +348,22 @@ def stopped(run: Run, state: RunState, where: str) -> dict[str, dict]:
     return {"stopped": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch}}
 
 
-def export_best(run: Run, epoch: int, val_metrics: dict[str, float], thresholds: np.ndarray) -> None:
+def export_best(run: Run, epoch: int, split: str, val_metrics: dict[str, float], thresholds: np.ndarray) -> None:
+    """Export the weights that `split` scored: the average for "val_ema", else the trained ones."""
     acc, cfg = run.accelerator, run.cfg
-    state_dict = acc.get_state_dict(run.model)  # every rank: DeepSpeed gathers shards
+    if split == "val_ema":
+        state_dict = run.ema.state_dict()
+    else:
+        state_dict = acc.get_state_dict(run.model)  # every rank: DeepSpeed gathers shards
     if acc.is_main_process:
-        unwrapped = acc.unwrap_model(run.model)
         num_labels = run.data.dataset.num_labels
         meta = {
-            "architecture": architecture(getattr(unwrapped, "_orig_mod", unwrapped), cfg.model, num_labels),
+            "architecture": architecture(base_model(acc, run.model), cfg.model, num_labels),
             "label_names": run.data.dataset.label_names,
             "thresholds": [float(t) for t in thresholds],
             "preprocess": run.preprocess.to_dict(),
             "epoch": epoch,
+            "weights": "ema" if split == "val_ema" else "trained",
             "val_metrics": val_metrics,
             "cached": run.data.cached,
             "config": cfg.to_dict(),

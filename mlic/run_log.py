@@ -56,9 +56,10 @@ def log_epoch(run: Run, epoch: int, metrics: dict[str, dict[str, float]]) -> Non
             fh.write(json.dumps({"epoch": epoch, "split": split, **values}) + "\n")
     faults.kill_point("metrics")  # lines written, checkpoint not yet: the resume trims them
     t, v = metrics["train"], metrics["val"]
+    ema = f" (EMA {metrics['val_ema']['f1_macro']:.3f} / {metrics['val_ema']['mAP']:.3f})" if "val_ema" in metrics else ""
     acc.print(
         f"epoch {epoch}/{run.cfg.train.epochs}  train loss {t['loss']:.4f} f1_macro {t['f1_macro']:.3f}  |  "
-        f"val loss {v['loss']:.4f} f1_micro {v['f1_micro']:.3f} f1_macro {v['f1_macro']:.3f} mAP {v['mAP']:.3f}  |  "
+        f"val loss {v['loss']:.4f} f1_micro {v['f1_micro']:.3f} f1_macro {v['f1_macro']:.3f} mAP {v['mAP']:.3f}{ema}  |  "
         f"{t['images_per_s']:.0f} img/s"
     )
 

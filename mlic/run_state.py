@@ -32,8 +32,8 @@ class RunState:
     best: float | None = None  # the selection metric's best value, stored higher-is-better
     skipped_steps: int = 0  # non-finite steps skipped (train.skip_nonfinite)
     sampler: dict[str, Any] = field(default_factory=dict)
+    ema_updates: int = 0  # updates of the EMA of the weights (its tensors: a registered accelerate object)
     # Reserved for features that add state, so that the format stays the same when they land:
-    ema_updates: int = 0  # updates of an EMA of the weights (its tensors: a registered accelerate object)
     known_mask: bool = False  # the targets carried a known-label mask (partial labels)
 
     def step_done(self, samples: int) -> None:
@@ -98,7 +98,8 @@ class RunState:
             return None
         doc = json.loads((path / STATE_FILE).read_text())
         state = cls.from_json(doc, path)
-        for key, value in identity.items():
+        for key in identity.keys() | doc["identity"].keys():  # a key on one side only is a mismatch too
+            value = identity.get(key)
             if doc["identity"].get(key) != value:
                 raise ConfigError(
                     f"checkpoint {path} is for {key}={doc['identity'].get(key)!r}, this run has {key}={value!r}; "

@@ -97,6 +97,18 @@ def test_yaml_base_chain_and_overrides_last(tmp_path):
     assert load_config(None, ["optim.betas=[0.8, 0.9]"]).optim.betas == [0.8, 0.9]
 
 
+def test_yaml_base_list_merges_a_model_then_a_recipe(tmp_path):
+    (tmp_path / "model.yaml").write_text("model:\n  name: vit\noptim:\n  lr: 2.0e-5\ntrain:\n  epochs: 10\n")
+    (tmp_path / "recipe.yaml").write_text("loss:\n  name: asl\ntrain:\n  epochs: 20\n  ema_decay: 0.999\n")
+    (tmp_path / "both.yaml").write_text("base: [model.yaml, recipe.yaml]\ntrain:\n  batch_size: 8\n")
+    cfg = load_config(tmp_path / "both.yaml")
+    assert (cfg.model.name, cfg.optim.lr, cfg.loss.name) == ("vit", 2.0e-5, "asl")
+    assert (cfg.train.epochs, cfg.train.ema_decay, cfg.train.batch_size) == (20, 0.999, 8)  # later bases win
+    (tmp_path / "bad.yaml").write_text("base: [model.yaml, 3]\n")
+    with pytest.raises(ConfigError, match="'base' must be a file name"):
+        load_config(tmp_path / "bad.yaml")
+
+
 @pytest.mark.parametrize(
     ("override", "needle"),
     [

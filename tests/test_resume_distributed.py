@@ -1,25 +1,36 @@
 """Kill a 2-process run after a mid-epoch checkpoint, start it again: it must end as the uninterrupted
-2-process run does (weights and validation metrics), under DDP and under DeepSpeed ZeRO-2, with the
-default settings. Users resume preempted multi-GPU jobs this way."""
+2-process run does (weights and validation metrics). Users resume preempted multi-GPU jobs this way.
+
+Under DeepSpeed ZeRO-2 with the default settings; under DDP with every piece of the modern recipe that
+keeps state or draws randomness on (the EMA of the weights, ASL, RandAugment, Cutout, MixUp, CutMix):
+the average must come back exactly too (YOLOX and DeiT both shipped EMA resume bugs)."""
 
 import json
 
 import pytest
 import yaml
 
-from tests.conftest import assert_same_run, run_cmd
+from tests.conftest import VAL_COMPARED, assert_same_run, run_cmd
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=32", "train.epochs=2",
         "train.save_every_steps=4", "run.progress=false"]
-LAUNCH = {"ddp": ("multi_cpu.yaml", {"ACCELERATE_USE_CPU": "true"}), "deepspeed": ("deepspeed_zero2_cpu.yaml", {})}
+RECIPE = ["train.ema_decay=0.9", "loss.name=asl", "augment.policy=randaugment", "augment.cutout=0.5",
+          "augment.mixup=0.4", "augment.cutmix=1.0", "train.select_metric=val_ema/mAP"]
+LAUNCH = {"ddp": ("multi_cpu.yaml", {"ACCELERATE_USE_CPU": "true"}, RECIPE),
+          "deepspeed": ("deepspeed_zero2_cpu.yaml", {}, [])}
 
 
 def _train(kind: str, run, port: int, fault: str | None = None):
-    config, env = LAUNCH[kind]
+    config, env, recipe = LAUNCH[kind]
     env = {**env, **({"MLIC_FAULT": fault} if fault else {})}
     return run_cmd(["accelerate", "launch", "--config_file", f"launch/{config}", "--main_process_port", str(port),
-                    "train/cnn.py", "--config", "configs/demo.yaml", *TINY, f"run.output_dir={run}"], timeout=900, env=env)
+                    "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *recipe, f"run.output_dir={run}"],
+                   timeout=900, env=env)
+
+
+def _lines(run, split: str) -> list[dict]:
+    return [x for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if x["split"] == split]
 
 
 @pytest.mark.parametrize(("kind", "port"), [("ddp", 29541), ("deepspeed", 29543)])
@@ -43,4 +54,12 @@ def test_two_process_run_killed_after_a_mid_epoch_checkpoint_resumes_exactly(tmp
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout and "epoch0001-step00000004" in done.stdout
 
-    assert_same_run(straight, resumed, [1, 2])
+    assert_same_run(straight, resumed, [1, 2])  # val lines of the weights, and the exported model
+    if kind == "ddp":  # the average: its own val lines, exported, and apart from the weights
+        a, b = _lines(straight, "val_ema"), _lines(resumed, "val_ema")
+        assert [x["epoch"] for x in a] == [x["epoch"] for x in b] == [1, 2]
+        for x, y in zip(a, b):
+            for key in VAL_COMPARED:
+                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["epoch"], key)
+        assert json.loads((resumed / "model" / "config.json").read_text())["weights"] == "ema"
+        assert any(abs(r["loss"] - e["loss"]) > 1e-4 for r, e in zip(_lines(straight, "val"), a))
