@@ -172,7 +172,7 @@ def _training_commands(sub) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("tables", help="run or submit the grid of one report table, and print it in the report's layout")
-    p.add_argument("table", help="1-6, or ablations")
+    p.add_argument("table", help="1-6, ablations, or modern")
     p.add_argument("--scale", choices=["demo", "full"], default="full",
                    help="demo: tiny runs on the demo data (CPU, minutes); full: the real recipes")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their exact commands")

@@ -61,3 +61,20 @@ def test_table_2_at_demo_scale_end_to_end(tmp_path, capsys, monkeypatch):
         assert cell.startswith(f"{val['f1_macro']:.2f}")
     cmds = commands(get_table("2"), "demo", [], runs)
     assert all("data.root=null" in c and "model.pretrained=false" in c for c in cmds)
+
+
+def test_modern_table_reads_the_line_of_the_exported_weights(tmp_path):
+    """With an EMA, the exported model may be the average: its "val_ema" line is the table's val cell."""
+    from mlic.export import META
+    from mlic.tables import collect, run_dir
+
+    table = get_table("modern")
+    for run, weights in (("report", "trained"), ("modern", "ema")):
+        folder = run_dir(table, run, "demo", tmp_path)
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / META).write_text(json.dumps({"epoch": 2, "weights": weights}))
+        lines = [{"epoch": e, "split": s, **{key: 0.1 * e + (0.05 if s == "val_ema" else 0.0) for _, key in table.rows}}
+                 for e in (1, 2, 3) for s in ("train", "val", "val_ema")]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rows = {line.split("|")[1].strip(): line for line in collect(table, "demo", tmp_path).splitlines() if line.startswith("| ")}
+    assert rows["Macro F1 score"].split("|")[2:4] == [" 0.20 (0.65) ", " 0.25 "]  # epoch 2: raw val, then its EMA
