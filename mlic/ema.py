@@ -51,7 +51,7 @@ class WeightEma:
         if ours.keys() != theirs.keys():
             raise RuntimeError("the EMA copy and the model have different tensors")
         floats = [name for name, t in ours.items() if t.is_floating_point()]
-        others = [name for name in ours if name not in set(floats)]
+        others = [name for name, t in ours.items() if not t.is_floating_point()]
         return ([ours[n] for n in floats], [theirs[n].detach() for n in floats]), \
                ([ours[n] for n in others], [theirs[n] for n in others])
 
