@@ -191,11 +191,12 @@ def test_one_run_over_two_nodes(cluster, straight):
 def test_time_limit_signal_requeues_and_resumes(cluster, tmp_path):
     """--time=1 --signal=B:USR1@50: Slurm's own warning before the time limit. slurmctld checks limits
     about every 30 s, so the signal comes 10-40 s after the start: this run is made to train longer
-    than that (2,000 images at 96 pixels, 4 epochs: ~60 s), so the stop lands in the middle of its
-    training. (With 2 epochs, once the jitter got faster, a run on a quiet machine could finish first.)"""
+    than that (2,000 images at 96 pixels, 8 epochs), so the stop lands in the middle of its training.
+    (With 2 epochs, once the jitter got faster, a run on a quiet machine finished first; with 4, one did
+    too, at 230 images/s.)"""
     run = tmp_path / "run"
     job = _cnn_job(cluster, run, "--time=1", "--signal=B:USR1@50",
-                        extra=("data.demo_images=2000", "data.image_size=96", "train.epochs=4", "train.stop_check_every=2"))
+                        extra=("data.demo_images=2000", "data.image_size=96", "train.epochs=8", "train.stop_check_every=2"))
     cluster.wait_for("the requeue", lambda: cluster.job(job).get("Restarts") == "1", job)
     # The requeued job would get the same minute and the same early signal: give it room to finish
     cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")
@@ -204,7 +205,7 @@ def test_time_limit_signal_requeues_and_resumes(cluster, tmp_path):
     assert info["JobState"] == "COMPLETED", log[-3000:]
     assert "USR1 received" in log and "stopped at epoch" in log and "requeueing job" in log
     assert "resumed from" in log and "DUE TO TIME LIMIT" not in log
-    assert [x["epoch"] for x in val_lines(run)] == [1, 2, 3, 4] and (run / "model" / "model.safetensors").is_file()
+    assert [x["epoch"] for x in val_lines(run)] == list(range(1, 9)) and (run / "model" / "model.safetensors").is_file()
 
 
 def _worker_pids(job_id: str, node_id: str) -> list[int]:
