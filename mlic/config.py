@@ -19,8 +19,21 @@ from mlic.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    format: Literal["helsinki", "csv", "hf"] = "helsinki"
+    format: Literal["helsinki", "csv", "hf", "coco", "voc", "openimages"] = "helsinki"
     root: str | None = None  # None: the embedded demo dataset, generated on first use
+    # The split file a format reads (coco: train2017 -> annotations/instances_train2017.json; voc: trainval ->
+    # ImageSets/Main/trainval.txt; openimages: train -> train-annotations-human-imagelabels.csv; csv: NAME ->
+    # NAME.csv). None: the format's default (coco train2017, voc trainval, openimages train, csv labels.csv).
+    split: str | None = None
+    # Validate on this split of the same root (coco val2017, voc test, openimages validation, csv val) instead
+    # of holding out data.val_fraction of the training split.
+    val_split: str | None = None
+    # Partial labels (openimages' verified negatives, csv's '-label', voc's difficult objects): an entry that
+    # is neither a verified positive nor a verified negative is unknown. ignore: masked out of the loss,
+    # pos_weight, the sampler's counts and the metrics; negative: read as a negative (the common baseline).
+    unknown_as: Literal["ignore", "negative"] = "ignore"
+    voc_difficult: Literal["ignore", "positive"] = "ignore"  # a class seen only in difficult objects
+    class_list: str | None = None  # openimages: a file of class ids (MIDs), one per line: train on these only
     val_fraction: float = 0.2
     seed: int = 0  # fixes the train/val split
     image_column: str = "image"  # hf only

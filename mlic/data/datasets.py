@@ -19,6 +19,7 @@ from PIL import Image
 
 from mlic.data.decode import Decoded, DecodeReport, DecodeSettings, decode_image
 from mlic.errors import DataError
+from mlic.labels import LabelMatrix
 
 IMAGE_NAME = re.compile(r"^im(\d+)\.jpe?g$", re.IGNORECASE)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -52,27 +53,37 @@ class DecodeFiles:
 
 @dataclass(frozen=True, eq=False)
 class MultilabelImages(torch.utils.data.Dataset):
-    """Every row of one source, immutable: sample i = (RGB PIL image, multi-hot float target, i).
+    """Every row of one source, immutable: sample i = (RGB PIL image, float target row, i).
 
-    `targets` is a read-only (N, C) uint8 array (all zeros for an image with no label); `names` are
-    file names (for results files and error analysis); `decode(i)` decodes row i through `decode_image`
-    (the image and the conversions it took), `read(i)` is its image; `fingerprint` changes when the
-    source or the decode settings change and keys the decoded cache.
+    `labels` is the (N, C) `LabelMatrix` (sparse positives, and the known entries under partial labels;
+    a dense 0/1 array given here is converted); a target row is 1 / 0 / NaN for positive / negative /
+    unknown (`LabelMatrix.target_rows`). `targets` is the dense uint8 matrix of the positives, for small
+    data only. `names` are file names (for results files and error analysis); `decode(i)` decodes row i
+    through `decode_image` (the image and the conversions it took), `read(i)` is its image;
+    `fingerprint` changes when the source or the decode settings change and keys the decoded cache.
     """
 
     label_names: list[str]
-    targets: np.ndarray
+    labels: LabelMatrix
     names: list[str]
     decode: Callable[[int], Decoded]
     source: str
     fingerprint: str
 
     def __post_init__(self):
-        targets = np.asarray(self.targets, dtype=np.uint8).view()  # a read-only view, not a copy
-        targets.setflags(write=False)
-        object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "labels", LabelMatrix.of(self.labels))
         object.__setattr__(self, "label_names", list(self.label_names))
         object.__setattr__(self, "names", list(self.names))
+        if self.labels.shape != (len(self.names), len(self.label_names)):
+            raise ValueError(f"labels of shape {self.labels.shape} for {len(self.names)} images and "
+                             f"{len(self.label_names)} label names")
+
+    @property
+    def targets(self) -> np.ndarray:
+        """The dense (N, C) uint8 positives, read-only (built on each call: small data only)."""
+        targets = self.labels.dense()
+        targets.setflags(write=False)
+        return targets
 
     @property
     def num_labels(self) -> int:
@@ -86,7 +97,7 @@ class MultilabelImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         i = int(i)
-        return self.read(i), torch.from_numpy(self.targets[i].astype(np.float32)), i
+        return self.read(i), self.labels.target_row(i), i
 
 
 class Transformed(torch.utils.data.Dataset):
