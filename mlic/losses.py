@@ -9,24 +9,36 @@ positive and negative terms are weighted by y and 1 - y; `known` marks the entri
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 import torch
 import torch.nn.functional as F
+
+from mlic.labels import LabelMatrix
 
 # The ASL paper code's floor under 1 - p_m before its log (reached only with a clip below it).
 EPS = 1e-8
 
 
-def pos_weight(labels, clip: float | None = None) -> torch.Tensor:
+def pos_weight(labels, clip: float | None = None, known=None) -> torch.Tensor:
     """negatives / positives per label, as BCEWithLogitsLoss's `pos_weight` wants it.
 
-    A label with no positive gets the number of negatives (as if it had one positive) rather than inf;
-    `clip` caps every weight (rare labels can otherwise dominate the loss).
+    `labels`: a dense (N, C) 0/1 array or tensor (NaN entries unknown), a scipy CSR matrix/array (stored
+    entries = positives) or a `LabelMatrix`; `known` marks the known entries (dense bool or CSR; None: all).
+    Counted sparse, never densified: negatives are the known entries that are not positive, so unknown
+    entries count nowhere. A label with no positive gets the number of negatives (as if it had one positive)
+    rather than inf; `clip` caps every weight (rare labels can otherwise dominate the loss).
     """
-    y = torch.as_tensor(np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels), dtype=torch.float64)
-    if y.ndim != 2:
-        raise ValueError(f"labels must be an (N, C) 0/1 array, got shape {tuple(y.shape)}")
-    positives = y.sum(0)
-    negatives = y.shape[0] - positives
+    if not (isinstance(labels, LabelMatrix) or scipy.sparse.issparse(labels)):
+        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        if labels.ndim != 2:
+            raise ValueError(f"labels must be an (N, C) 0/1 array, got shape {labels.shape}")
+        if np.issubdtype(labels.dtype, np.floating) and np.isnan(labels).any():  # NaN: unknown (labels.py)
+            known_here = ~np.isnan(labels)
+            labels = np.where(known_here, labels, 0)
+            known = known_here if known is None else known_here & LabelMatrix.of(known).dense(dtype=bool)
+    counts = LabelMatrix.of(labels, known)
+    positives = torch.from_numpy(counts.positive_counts()).double()
+    negatives = torch.from_numpy(counts.known_counts()).double() - positives
     weight = negatives / positives.clamp(min=1)
     if clip is not None:
         weight = weight.clamp(max=clip)
