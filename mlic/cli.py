@@ -75,11 +75,12 @@ def _check_data(args) -> int:
     from mlic.data.check import check_data
 
     labels = set(args.labels.split(",")) if args.labels else None
-    problems, warnings = check_data(args.root, args.format, labels, args.workers, args.image_column,
-                                    args.label_column, args.split, args.max_pixels)
+    problems, warnings, notes = check_data(args.root, args.format, labels, args.workers, args.image_column,
+                                           args.label_column, args.split, args.max_pixels, args.voc_difficult,
+                                           args.class_list)
     for line in problems:
         print(line)
-    for line in warnings:  # conversions training makes too: stderr, so stdout stays one line per problem
+    for line in warnings + notes:  # conversions training makes too: stderr, so stdout stays one line per problem
         print(line, file=sys.stderr)
     print(f"{len(problems)} problem(s), {len(warnings)} kind(s) of conversion in {args.root}", file=sys.stderr)
     return 1 if problems or (args.strict and warnings) else 0
@@ -149,11 +150,16 @@ def _data_commands(sub) -> None:
 
     p = sub.add_parser("check-data", help="validate a dataset without training; exit 1 on any problem")
     p.add_argument("root")
-    p.add_argument("--format", choices=["helsinki", "csv", "hf"], default="helsinki")
+    p.add_argument("--format", choices=["helsinki", "csv", "hf", "coco", "voc", "openimages"], default="helsinki")
     p.add_argument("--labels", help="comma-separated known label names: others are reported")
     p.add_argument("--image-column", default="image", help="hf: the image column (data.image_column)")
     p.add_argument("--label-column", default="labels", help="hf: the label column (data.label_column)")
-    p.add_argument("--split", default="train", help="hf: the split of a DatasetDict or hub dataset (data.hf_split)")
+    p.add_argument("--split", help="the split to read (data.split; hf: data.hf_split, default train): csv "
+                   "ROOT/SPLIT.csv (default labels.csv), coco instances_SPLIT.json (train2017), voc "
+                   "ImageSets/Main/SPLIT.txt (trainval), openimages SPLIT-annotations-human-imagelabels.csv (train)")
+    p.add_argument("--voc-difficult", choices=["ignore", "positive"], default="ignore",
+                   help="voc: a class seen only in difficult objects is unknown (ignore) or positive (data.voc_difficult)")
+    p.add_argument("--class-list", help="openimages: a file of MIDs, one per line: these labels only (data.class_list)")
     p.add_argument("--max-pixels", type=int, help="larger images are problems (data.max_pixels, default "
                    f"{DataConfig.max_pixels:,})")
     p.add_argument("--strict", action="store_true", help="exit 1 on conversion warnings too (16-bit, "

@@ -3,7 +3,9 @@
 The problems are those of the format's parser (the one training uses) plus a decode of every image,
 so a dataset that passes here is one training reads, and each line is the text training would raise.
 The decode also says what it had to convert (16-bit, transparency, EXIF orientation, ICC profile, a
-first frame of many): warnings, one line per kind, not problems.
+first frame of many): warnings, one line per kind, not problems. Partially labelled data (Open Images,
+VOC's difficult objects, csv with `-name`) gets one more line, a note: how many entries are verified
+positive, verified negative and unknown.
 """
 
 from __future__ import annotations
@@ -13,15 +15,28 @@ from collections.abc import Collection
 from mlic.config import DataConfig
 from mlic.data.decode import DecodeReport, DecodeSettings
 from mlic.data.formats import parse
+from mlic.labels import LabelMatrix
 
 
 def check_data(root, fmt: str = "helsinki", labels: Collection[str] | None = None, workers: int = 4,
-               image_column: str = "image", label_column: str = "labels", split: str = "train",
-               max_pixels: int | None = None) -> tuple[list[str], list[str]]:
-    """(problem lines, conversion warning lines). `max_pixels`: data.max_pixels (default: DataConfig's)."""
+               image_column: str = "image", label_column: str = "labels", split: str | None = None,
+               max_pixels: int | None = None, voc_difficult: str = "ignore", class_list: str | None = None
+               ) -> tuple[list[str], list[str], list[str]]:
+    """(problem lines, conversion warning lines, notes). `max_pixels`: data.max_pixels (default:
+    DataConfig's); `split`, `voc_difficult`, `class_list`: as `mlic.data.formats.parse` takes them."""
     cfg_data = DataConfig() if max_pixels is None else DataConfig(max_pixels=max_pixels)
     report = DecodeReport()
-    _, problems = parse(fmt, root, image_column=image_column, label_column=label_column, split=split,
-                        labels=labels, settings=DecodeSettings.from_config(cfg_data), decode=True, workers=workers,
-                        report=report)
-    return [p.text for p in problems], report.lines()
+    dataset, problems = parse(fmt, root, image_column=image_column, label_column=label_column, split=split,
+                              labels=labels, settings=DecodeSettings.from_config(cfg_data), decode=True,
+                              workers=workers, report=report, voc_difficult=voc_difficult, class_list=class_list)
+    notes = [partial_summary(dataset.labels)] if dataset is not None and dataset.labels.partial else []
+    return [p.text for p in problems], report.lines(), notes
+
+
+def partial_summary(labels: LabelMatrix) -> str:
+    """One line: verified positive / verified negative / unknown entries of partially labelled data."""
+    n, c = labels.shape
+    positive, known = len(labels.indices), len(labels.known_indices)
+    return (f"partial labels: {positive:,} verified positive, {known - positive:,} verified negative, "
+            f"{n * c - known:,} unknown entries of {n:,} images x {c:,} labels (unknown entries count in no loss "
+            "or metric; data.unknown_as=negative reads them as negatives)")

@@ -18,6 +18,7 @@ import numpy as np
 from mlic.data.datasets import DecodeFiles, MultilabelImages, Problem, decode_problems, image_number
 from mlic.data.decode import DecodeReport, DecodeSettings, decode_image
 from mlic.errors import DataError
+from mlic.labels import LabelMatrix
 
 Parsed = tuple[MultilabelImages | None, list[Problem]]
 
@@ -30,21 +31,39 @@ def _file_fingerprint(paths: Sequence[Path], extra: str) -> str:
     return h.hexdigest()[:16]
 
 
-def parse(fmt: str, root, *, image_column: str = "image", label_column: str = "labels", split: str = "train",
+FORMATS = ("helsinki", "csv", "hf", "coco", "voc", "openimages")
+
+
+def parse(fmt: str, root, *, image_column: str = "image", label_column: str = "labels", split: str | None = None,
           labels: Collection[str] | None = None, settings: DecodeSettings | None = None, decode: bool = False,
-          workers: int = 4, report: DecodeReport | None = None) -> Parsed:
+          workers: int = 4, report: DecodeReport | None = None, voc_difficult: str = "ignore",
+          class_list: str | None = None) -> Parsed:
     """The format's parser; with `decode`, also every image that cannot be decoded (a Problem with its
     row), and into `report` the conversions the others took. `labels`: the known label names; others
-    are problems. `settings`: how images are decoded (default: DataConfig's)."""
+    are problems. `settings`: how images are decoded (default: DataConfig's). `split`: the split the
+    format reads (hf: of a DatasetDict, default train; csv: ROOT/{split}.csv; coco, voc, openimages: their
+    split files); None is the format's default. `voc_difficult`, `class_list`: voc's and openimages' own
+    (DataConfig)."""
+    from mlic.data import (
+        benchmark_formats as bench,  # imported here: formats.py is imported by datasets users
+    )
+    from mlic.data.openimages import parse_openimages
+
     settings = settings or DecodeSettings.from_config()
     if fmt == "helsinki":
         dataset, problems = parse_helsinki(root, labels, settings)
     elif fmt == "csv":
-        dataset, problems = parse_csv(root, labels, settings)
+        dataset, problems = parse_csv(root, labels, settings, split)
     elif fmt == "hf":
-        dataset, problems = parse_hf(root, image_column, label_column, split, labels, settings)
+        dataset, problems = parse_hf(root, image_column, label_column, split or "train", labels, settings)
+    elif fmt == "coco":
+        dataset, problems = bench.parse_coco(root, split, labels, settings)
+    elif fmt == "voc":
+        dataset, problems = bench.parse_voc(root, split, voc_difficult, labels, settings)
+    elif fmt == "openimages":
+        dataset, problems = parse_openimages(root, split, class_list, labels, settings)
     else:
-        raise DataError(f"data.format {fmt!r}: expected helsinki, csv or hf")
+        raise DataError(f"data.format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if decode and dataset is not None:
         problems += decode_problems(dataset, workers, report)
     return dataset, problems
@@ -123,17 +142,23 @@ def _annotations(ann_dir: Path, row_of: dict[int, int], labels: Collection[str] 
     return ann_files, targets, problems
 
 
-def parse_csv(root, labels: Collection[str] | None = None, settings: DecodeSettings | None = None) -> Parsed:
-    """ROOT/labels.csv (or data.csv) with columns path,labels; labels '|'-separated, may be empty;
-    paths relative to the CSV."""
+def parse_csv(root, labels: Collection[str] | None = None, settings: DecodeSettings | None = None,
+              split: str | None = None) -> Parsed:
+    """ROOT/labels.csv (or data.csv; ROOT/{split}.csv when `split` is given) with columns path,labels;
+    labels '|'-separated, may be empty; paths relative to the CSV.
+
+    `-name` in `labels` is a verified negative (`cat|-dog`). A file with one makes the dataset partially
+    labelled: listed names positive, `-name`s negative, every other entry unknown. Without any, every
+    entry is known (unlisted = negative). Labels are every name of the file, positive or negative, sorted."""
     root = Path(root)
     if not root.is_dir():
         return None, [Problem(f"{root}: folder not found")]
-    manifest = next((root / n for n in ("labels.csv", "data.csv") if (root / n).is_file()), None)
+    candidates = ("labels.csv", "data.csv") if split is None else (f"{split}.csv",)
+    manifest = next((root / n for n in candidates if (root / n).is_file()), None)
     if manifest is None:
-        return None, [Problem(f"{root}: no labels.csv or data.csv")]
+        return None, [Problem(f"{root}: no {' or '.join(candidates)}")]
     problems: list[Problem] = []
-    rows: list[tuple[str, list[str]]] = []
+    rows: list[tuple[str, list[str], list[str]]] = []  # path, positives, negatives
     seen: dict[str, int] = {}
     try:
         with manifest.open(newline="") as fh:
@@ -142,31 +167,52 @@ def parse_csv(root, labels: Collection[str] | None = None, settings: DecodeSetti
                 return None, [Problem(f"{manifest}:1: header must have columns path,labels (found {reader.fieldnames})")]
             for lineno, row in enumerate(reader, start=2):
                 rel = (row.get("path") or "").strip()
-                names = [s.strip() for s in (row.get("labels") or "").split("|") if s.strip()]
-                problems += [Problem(f"{manifest}:{lineno}: unknown label {name!r}")
-                             for name in names if labels is not None and name not in labels]
+                positives, negatives, label_problems = _csv_labels(row.get("labels") or "", f"{manifest}:{lineno}",
+                                                                   labels)
+                problems += label_problems
                 found = bool(rel) and (root / rel).is_file()
                 if not found:
                     problems.append(Problem(f"{manifest}:{lineno}: image {rel!r} not found"))
                 if rel in seen:
                     problems.append(Problem(f"{manifest}:{lineno}: duplicate of line {seen[rel]} ({rel})"))
                 elif found:
-                    rows.append((rel, names))
+                    rows.append((rel, positives, negatives))
                 seen.setdefault(rel, lineno)
     except (csv.Error, UnicodeDecodeError) as exc:
         problems.append(Problem(f"{manifest}: not a readable CSV file ({exc})"))
     if not rows:
         return None, [*problems, Problem(f"{manifest}: no rows with an image")]
-    label_names = sorted({name for _, names in rows for name in names})
+    label_names = sorted({name for _, pos, neg in rows for name in pos + neg})
     col = {name: c for c, name in enumerate(label_names)}
-    targets = np.zeros((len(rows), len(label_names)), dtype=np.uint8)
-    for i, (_, names) in enumerate(rows):
-        targets[i, [col[name] for name in names]] = 1
-    paths = [root / rel for rel, _ in rows]
+    positives = [[col[name] for name in pos] for _, pos, _ in rows]
+    if any(neg for _, _, neg in rows):
+        target = LabelMatrix.from_lists(positives, len(label_names), [[col[name] for name in neg] for _, _, neg in rows])
+    else:
+        target = LabelMatrix.from_lists(positives, len(label_names))
+    paths = [root / rel for rel, _, _ in rows]
     settings = settings or DecodeSettings.from_config()
-    dataset = MultilabelImages(label_names, targets, [rel for rel, _ in rows], DecodeFiles(paths, settings),
+    dataset = MultilabelImages(label_names, target, [rel for rel, _, _ in rows], DecodeFiles(paths, settings),
                                str(manifest), _file_fingerprint([manifest, *paths], f"csv|{settings.key}"))
     return dataset, problems
+
+
+def _csv_labels(text: str, where: str, labels: Collection[str] | None) -> tuple[list[str], list[str], list[Problem]]:
+    """(positive names, negative names, problems) of one `labels` cell such as `cat|-dog`. A name given both
+    ways is neither (a problem)."""
+    positives, negatives, problems = [], [], []
+    for token in (t.strip() for t in text.split("|")):
+        name = token[1:].strip() if token.startswith("-") else token
+        if not name:
+            if token:
+                problems.append(Problem(f"{where}: {token!r} is not a label name (a verified negative is -name)"))
+            continue
+        if labels is not None and name not in labels:
+            problems.append(Problem(f"{where}: unknown label {name!r}"))
+        (negatives if token.startswith("-") else positives).append(name)
+    both = sorted(set(positives) & set(negatives))
+    problems += [Problem(f"{where}: label {name!r} is both positive and negative ({name} and -{name})")
+                 for name in both]
+    return ([n for n in positives if n not in both], [n for n in negatives if n not in both], problems)
 
 
 class DecodeHf:
