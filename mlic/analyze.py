@@ -98,10 +98,10 @@ def analyze(run_dir: Path, data_root: str | None = None, examples: int = 8) -> l
     if data_root is not None:
         cfg.data.root = data_root
     dataset, train_idx, _ = load_split(cfg)
-    train_targets = dataset.targets[train_idx]
-    order = np.asarray(list(build_sampler(cfg, train_targets, dataset.label_names)))
-    figures = data_figures(train_targets, dataset.label_names, order,
-                           pos_weight(train_targets, cfg.loss.pos_weight_clip))
+    train_labels = dataset.labels.take(train_idx)
+    order = np.asarray(list(build_sampler(cfg, train_labels, dataset.label_names)))
+    figures = data_figures(train_labels, dataset.label_names, order,
+                           pos_weight(train_labels, cfg.loss.pos_weight_clip))
     _, _, probs, targets, dataset, val_rows = evaluate_model(str(run_dir / "model"), cfg.data.root, "val")
     meta = json.loads((run_dir / "model" / META).read_text())
     thresholds = np.asarray(meta["thresholds"])

@@ -42,6 +42,11 @@ class Run:
     steps_per_epoch: int  # optimizer steps of an epoch on each rank (train.max_steps_per_epoch applied)
     ema: WeightEma | None = None  # train.ema_decay: the average of the weights, evaluated beside them
 
+    @property
+    def partial_labels(self) -> bool:
+        """Some targets are unknown (NaN in a batch's target rows): the loss gets a `known` mask."""
+        return self.data.dataset.labels.partial
+
 
 def base_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """The model under DDP / DeepSpeed / torch.compile wrappers: its tensors are the trained ones."""
@@ -162,7 +167,7 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     data = build_data(cfg, accelerator, split, preprocess, channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg.loss, data.train_targets)
+    loss_fn = build_loss(cfg.loss, data.train_labels)
     optimizer = build_optimizer(cfg, model, accelerator.distributed_type == DistributedType.DEEPSPEED)
     # accelerate deals each rank the same number of whole batches (the loader drops the last partial one)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch(cfg, len(data.train_loader) // accelerator.num_processes))
@@ -174,6 +179,8 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     data.train_transform.to(accelerator.device)
     data.eval_transform.to(accelerator.device)
     identity = {"model": cfg.model.name, "label_names": dataset.label_names}
+    if dataset.labels.partial:  # masked (unknown entries out of the loss): a different objective
+        identity["partial_labels"] = True
     ema = None
     if cfg.train.ema_decay is not None:
         ema = WeightEma(base_model(accelerator, model), cfg.train.ema_decay, cfg.train.ema_warmup)

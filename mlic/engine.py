@@ -31,7 +31,14 @@ from mlic.config import Config
 from mlic.data.policies import mix_batch
 from mlic.errors import MlicError
 from mlic.export import export_model
-from mlic.metrics import METRIC_KEYS, compute_metrics, heldout_tuned_f1_macro, tune_thresholds, tuned_metrics
+from mlic.metrics import (
+    METRIC_KEYS,
+    compute_metrics,
+    heldout_tuned_f1_macro,
+    split_known,
+    tune_thresholds,
+    tuned_metrics,
+)
 from mlic.models import architecture
 from mlic.preemption import StopSignal, any_rank
 from mlic.run_lock import RunFolderLock
@@ -139,7 +146,11 @@ def forward_backward(run: Run, images, target, generator: torch.Generator):
     if run.cast is not None:
         x = x.to(run.cast)
     logits = run.model(x).float()
-    loss = run.loss_fn(logits, target)
+    known = None
+    if run.partial_labels:  # unknown entries are NaN (mlic.labels), and stay NaN through MixUp / CutMix
+        known = ~torch.isnan(target)
+        target = torch.nan_to_num(target, nan=0.0)
+    loss = run.loss_fn(logits, target, known)
     if faults.hit("nan"):
         loss = loss * float("nan")
     run.accelerator.backward(loss)
@@ -229,7 +240,8 @@ class EpochOutputs:
             return {**dict.fromkeys((*METRIC_KEYS, "loss"), float("nan")), "images": 0}
         probs, targets, losses = (torch.cat(v) for v in zip(*self.kept))
         probs, targets, losses = (self.accelerator.gather(v.float().contiguous()).cpu() for v in (probs, targets, losses))
-        metrics = compute_metrics(targets.numpy(), probs.numpy())
+        targets, known = split_known(targets.numpy())
+        metrics = compute_metrics(targets, probs.numpy(), known=known)
         metrics.update(loss=float(losses.mean()), images=len(targets))
         return metrics
 
@@ -283,15 +295,18 @@ def evaluate(model, loader, transform, loss_fn, accelerator, tune: bool = False,
     share_buffers(accelerator, model)
     logits, targets, index = predict_logits(model, loader, transform, accelerator)
     elapsed = time.perf_counter() - start
-    probs, y = torch.sigmoid(logits).numpy(), targets.numpy()
-    metrics = compute_metrics(y, probs, default)
+    probs = torch.sigmoid(logits).numpy()
+    y, known = split_known(targets.numpy())  # unknown entries (partial labels) count nowhere
+    mask = None if known is None else torch.from_numpy(known).to(accelerator.device)
+    metrics = compute_metrics(y, probs, default, known=known)
     metrics.update(images=len(index), images_per_s=len(index) / max(elapsed, 1e-9),
-                   loss=float(loss_fn(logits.to(accelerator.device), targets.to(accelerator.device))))
+                   loss=float(loss_fn(logits.to(accelerator.device), torch.from_numpy(y).float().to(accelerator.device),
+                                      mask)))
     thresholds = np.full(y.shape[1], default)
     if tune:
-        thresholds = tune_thresholds(y, probs, default)
-        metrics.update(tuned_metrics(y, probs, thresholds))
-        metrics["f1_macro_tuned_heldout"] = heldout_tuned_f1_macro(y, probs, default)
+        thresholds = tune_thresholds(y, probs, default, known=known)
+        metrics.update(tuned_metrics(y, probs, thresholds, known=known))
+        metrics["f1_macro_tuned_heldout"] = heldout_tuned_f1_macro(y, probs, default, known=known)
     return metrics, thresholds
 
 

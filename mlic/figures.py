@@ -12,23 +12,32 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mlic.labels import LabelMatrix  # noqa: E402
+
+NAMED_BARS = 60  # above this many labels the bars are unnamed (label ids on the axis)
+
 
 def bar_figure(values: Sequence[float], names: Sequence[str], title: str, ylabel: str):
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
-    ax.bar(range(len(names)), values, color="#3b6ea8")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    if len(names) <= NAMED_BARS:
+        ax.bar(range(len(names)), values, color="#3b6ea8")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    else:  # thousands of labels (OpenImages): one bar per label id, no names
+        ax.bar(range(len(names)), values, width=1.0, color="#3b6ea8")
+        ax.set_xlabel("label id")
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     fig.tight_layout()
     return fig
 
 
-def data_figures(targets: np.ndarray, names: Sequence[str], sampled_order: np.ndarray, pos_weight) -> dict:
-    """{file stem: figure} for Figures 1-3. `sampled_order` is one epoch of the training sampler."""
+def data_figures(labels: LabelMatrix, names: Sequence[str], sampled_order: np.ndarray, pos_weight) -> dict:
+    """{file stem: figure} for Figures 1-3 of the training split's `labels`. `sampled_order` is one epoch of
+    the training sampler."""
     return {
-        "label_distribution": bar_figure(targets.sum(0), names, "Figure 1: label distribution (training split)",
+        "label_distribution": bar_figure(labels.positive_counts(), names, "Figure 1: label distribution (training split)",
                                          "images with the label"),
-        "sampled_label_distribution": bar_figure(targets[sampled_order].sum(0), names,
+        "sampled_label_distribution": bar_figure(labels.take(sampled_order).positive_counts(), names,
                                                  "Figure 2: label distribution in one sampled epoch", "draws with the label"),
         "class_weights": bar_figure(np.asarray(pos_weight), names, "Figure 3: class weights (pos_weight)",
                                     "negatives / positives"),

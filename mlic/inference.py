@@ -37,14 +37,13 @@ class DecodedImages(torch.utils.data.Dataset):
 
     def __init__(self, dataset: MultilabelImages, size: int):
         self.dataset, self.size = dataset, size
-        self.targets = torch.from_numpy(dataset.targets.astype(np.float32))
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, row: int):
         row = int(row)
-        return torch.from_numpy(decode_square(self.dataset, row, self.size)), self.targets[row], row
+        return torch.from_numpy(decode_square(self.dataset, row, self.size)), self.dataset.labels.target_row(row), row
 
 
 def _eval_inputs(dataset: MultilabelImages, rows: np.ndarray, cfg: Config, meta: dict, batch_size: int, workers: int):
@@ -130,7 +129,8 @@ def predict_command(model_dir: str, images: str, out: str | None, probs_path: st
 def evaluate_model(model_dir: str, data_root: str | None, split: str = "val", batch_size: int = 256, workers: int = 2,
                    fmt: str | None = None):
     """Metrics of the exported model on a dataset: (summary dict, per-label rows, probs, targets, dataset,
-    rows), where probs and targets are those of `rows` of the full `dataset`, in that order.
+    rows), where probs and targets (the positives, 0/1) are those of `rows` of the full `dataset`, in that
+    order. Under partial labels the metrics count the known entries only.
 
     `split="val"` re-derives the run's validation split (same fraction and seed), so the figures match
     the run's own `val` line; `all` scores every image (less the unreadable ones under data.skip_bad)."""
@@ -148,11 +148,12 @@ def evaluate_model(model_dir: str, data_root: str | None, split: str = "val", ba
         raise MlicError(f"{cfg.data.root}: labels {dataset.label_names} differ from the model's {meta['label_names']}")
     loader, transform = _eval_inputs(dataset, rows, cfg, meta, batch_size, workers)
     probs = infer(model, loader, transform)
-    targets = dataset.targets[rows]
-    summary = compute_metrics(targets, probs)
-    summary.update(tuned_metrics(targets, probs, np.asarray(meta["thresholds"])))
+    targets, known = dataset.labels.dense(rows), dataset.labels.known_dense(rows)  # known: None unless partial
+    thresholds = np.asarray(meta["thresholds"])
+    summary = compute_metrics(targets, probs, known=known)
+    summary.update(tuned_metrics(targets, probs, thresholds, known=known))
     summary["images"] = len(rows)
-    per_label = per_label_metrics(targets, probs, meta["label_names"], np.asarray(meta["thresholds"]))
+    per_label = per_label_metrics(targets, probs, meta["label_names"], thresholds, known=known)
     return summary, per_label, probs, targets, dataset, rows
 
 

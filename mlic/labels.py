@@ -153,6 +153,32 @@ class LabelMatrix:
             return cls.from_pairs(rows, cols, len(positives), num_labels)
         return cls.from_pairs(rows, cols, len(positives), num_labels, *_lists_to_pairs(known))
 
+    @classmethod
+    def vstack(cls, parts: Sequence[LabelMatrix]) -> LabelMatrix:
+        """The rows of `parts` one after the other (same label count). Partial if any part is: the
+        known entries of a fully annotated part are then all of its entries."""
+        c = parts[0].num_labels
+        if any(p.num_labels != c for p in parts):
+            raise ValueError("stacked label matrices have different label counts")
+        indptr, indices = _stack([(p.indptr, p.indices) for p in parts])
+        n = sum(p.num_rows for p in parts)
+        if not any(p.partial for p in parts):
+            return cls(n, c, indptr, indices)
+        every = np.arange(c, dtype=np.int32)
+        known = [(p.known_indptr, p.known_indices) if p.partial else
+                 (np.arange(p.num_rows + 1, dtype=np.int64) * c, np.tile(every, p.num_rows)) for p in parts]
+        return cls(n, c, indptr, indices, *_stack(known))
+
+    def relabel(self, columns: np.ndarray, num_labels: int) -> LabelMatrix:
+        """Label j becomes label `columns[j]` of `num_labels` (a map into another label list; every entry
+        of `columns` must be a valid, distinct id)."""
+        columns = np.asarray(columns, dtype=np.int64)
+        rows = _rows_of(self.indptr)
+        if not self.partial:
+            return LabelMatrix.from_pairs(rows, columns[self.indices], self.num_rows, num_labels)
+        return LabelMatrix.from_pairs(rows, columns[self.indices], self.num_rows, num_labels,
+                                      _rows_of(self.known_indptr), columns[self.known_indices])
+
     # ---- shape
     @property
     def shape(self) -> tuple[int, int]:
@@ -240,6 +266,14 @@ class LabelMatrix:
         return scipy.sparse.csr_array((data, self.indices, self.indptr), shape=self.shape)
 
 
+def _stack(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    indptrs, offset = [np.zeros(1, dtype=np.int64)], 0
+    for indptr, _ in parts:
+        indptrs.append(indptr[1:] + offset)
+        offset += int(indptr[-1])
+    return np.concatenate(indptrs), np.concatenate([indices for _, indices in parts])
+
+
 def _lists_to_pairs(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
     cols = np.fromiter((int(j) for x in lists for j in x), dtype=np.int64, count=int(lengths.sum()))
@@ -254,7 +288,9 @@ def _pairs_to_csr(rows, cols, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
     if len(cols) and cols.min() < 0:
         raise ValueError("a negative label id")
     width = int(cols.max(initial=0)) + 1
-    keys = np.unique(rows * width + cols)  # sorted by row, then label; repeats once
+    keys = np.sort(rows * width + cols)  # by row, then label (np.sort: np.unique hashes, ~100x slower here)
+    if len(keys):
+        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]  # a repeated pair once
     rows, cols = keys // width, keys % width
     indptr = np.zeros(num_rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=num_rows), out=indptr[1:])

@@ -87,9 +87,9 @@ def _data_figures(run: Run) -> None:
     from mlic.figures import data_figures, save_figures
     from mlic.losses import pos_weight
 
-    data, targets = run.data, run.data.train_targets
+    data, labels = run.data, run.data.train_labels
     weights = getattr(run.loss_fn, "pos_weight", None)
-    weights = pos_weight(targets) if weights is None else weights.cpu()
+    weights = pos_weight(labels) if weights is None else weights.cpu()
     order = np.asarray(list(data.sampler))  # epoch 0 of the sampler: the global order, no side effects
-    figures = data_figures(targets, data.dataset.label_names, order, weights.numpy())
+    figures = data_figures(labels, data.dataset.label_names, order, weights.numpy())
     save_figures(figures, run.out / "figures", run.accelerator.get_tracker("tensorboard").writer)

@@ -3,23 +3,52 @@
 Ranks on one node map the same file, so the page cache holds one copy for all of them. The file is
 named by the dataset's fingerprint (file names, sizes, mtimes, decode settings: `data.background`,
 `data.max_pixels`), the side S, and the rows left out (unreadable images under `data.skip_bad`, stored as
-zeros): a changed source, decode setting, side or set of rows gets a new cache. One process per node builds it (the caller wraps this in `local_main_process_first`), into
-a temporary file renamed into place, so a reader never sees half a cache.
+zeros): a changed source, decode setting, side or set of rows gets a new cache.
+
+Building (one process per node: the caller wraps it in `local_main_process_first`) decodes with a pool of
+worker processes, one per core (PIL holds the GIL for part of each decode, so threads do not scale), into
+`NAME.u8.partial`; `NAME.u8.done` holds one byte per row, set once that row is on disk. An interrupted or
+failed build leaves both, and the next build with the same arguments decodes only the rows not done, then
+renames the file into place: a reader never sees half a cache. `NAME.u8.lock` (flock) keeps two builders
+(two nodes sharing `data.cache_dir`) from writing the same file; the second waits, then finds it built.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+import pickle
+import shutil
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from mlic.data.datasets import MultilabelImages
+from mlic.errors import DataError
+from mlic.labels import LabelMatrix
+
+CHUNK_ROWS = 256  # rows per worker task and per progress record: a task's overhead is small next to its decoding
+POOL_MIN_ROWS = 4096  # fewer rows to decode: this process alone (each worker's start, importing torch, takes seconds)
+
+
+class NoSpaceForCache(DataError):
+    """The cache does not fit on its disk: said before any image is decoded."""
+
+
+def default_workers() -> int:
+    """The cores this process may run on (a job's CPU set, not the whole machine's)."""
+    return len(os.sched_getaffinity(0))
 
 
 def _left_out(n: int, rows: np.ndarray | None) -> np.ndarray:
@@ -35,40 +64,207 @@ def cache_path(dataset: MultilabelImages, size: int, cache_dir: str | Path, rows
     return Path(cache_dir) / f"{name}.u8"
 
 
-def decode_square(dataset: MultilabelImages, row: int, size: int) -> np.ndarray:
-    img = dataset.read(row)
+def _square(img: Image.Image, size: int) -> np.ndarray:
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def build_cache(dataset: MultilabelImages, size: int, cache_dir: str | Path, workers: int = 4,
+def decode_square(dataset: MultilabelImages, row: int, size: int) -> np.ndarray:
+    return _square(dataset.read(row), size)
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+class _RowWriter:
+    """Decodes rows into the partial file and makes them durable (`fdatasync`) before returning, so a row
+    is never marked done before it is on disk, even if the machine goes down."""
+
+    def __init__(self, decode: Callable, size: int, path: Path, data_offset: int):
+        self.decode, self.size, self.data_offset = decode, size, data_offset
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        row_bytes = 3 * self.size * self.size
+        for row in rows.tolist():
+            os.pwrite(self.fd, _square(self.decode(row).image, self.size), self.data_offset + row * row_bytes)
+        os.fdatasync(self.fd)
+        return rows
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+_worker_writer: _RowWriter | None = None  # one per pool worker process
+
+
+def _start_worker(decode_pickle: bytes, size: int, path: Path, data_offset: int) -> None:
+    global _worker_writer
+    _worker_writer = _RowWriter(pickle.loads(decode_pickle), size, path, data_offset)
+
+
+def _worker_write(rows: np.ndarray) -> np.ndarray:
+    return _worker_writer(rows)
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """Exclusive while building `path`; released by the kernel if the builder dies."""
+    with open(path.with_name(f"{path.name}.lock"), "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process building the image cache {path}", file=sys.stderr, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            print(f"warning: {path.parent}: this file system cannot lock files ({exc.strerror}); nodes sharing "
+                  "data.cache_dir may each build the same cache", file=sys.stderr, flush=True)
+        yield
+
+
+def _done_rows(partial: Path, done: Path, n: int, size: int) -> np.ndarray | None:
+    """Which rows an earlier build finished (bool per row), or None when there is nothing to resume."""
+    if not (partial.exists() and done.exists()) or done.stat().st_size != n:
+        return None
+    try:
+        array = np.load(partial, mmap_mode="r")
+    except (OSError, ValueError):  # killed while the header was being written
+        return None
+    if array.shape != (n, 3, size, size) or array.dtype != np.uint8:
+        return None
+    return np.fromfile(done, dtype=np.uint8).astype(bool)
+
+
+def _check_space(cache_dir: Path, needed: int, size: int, partial: Path) -> None:
+    free = shutil.disk_usage(cache_dir).free
+    if needed <= free:
+        return
+    others = [p for p in cache_dir.glob("*.u8.partial") if p != partial]
+    held = sum(p.stat().st_blocks * 512 for p in others)
+    stale = (f" ({len(others)} other unfinished cache(s) there hold {_gib(held)}: `*.u8.partial`, delete those "
+             "whose dataset has changed)") if others else ""
+    raise NoSpaceForCache(
+        f"the image cache needs {_gib(needed)} more in {cache_dir} but only {_gib(free)} is free{stale}: set "
+        f"data.cache=off (decode per image) or a smaller data.cache_size (now {size}), or data.cache_dir on a "
+        "larger disk")
+
+
+def _chunks(rows: np.ndarray) -> list[np.ndarray]:
+    return [rows[i:i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS)]
+
+
+def _mark_done(fd: int, rows: np.ndarray) -> None:
+    for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):  # runs of consecutive rows
+        os.pwrite(fd, b"\x01" * len(run), int(run[0]))
+
+
+def _pickled_for_workers(decode: Callable) -> bytes | None:
+    """`decode` pickled once here, not once per worker (it can hold a million file names); None if it cannot be."""
+    try:
+        return pickle.dumps(decode)
+    except Exception as exc:  # pickle raises many types
+        print(f"warning: the dataset's decoder cannot go to worker processes ({type(exc).__name__}: {exc}); "
+              "decoding the cache in this process only", file=sys.stderr, flush=True)
+        return None
+
+
+def _decode_rows(decode: Callable, size: int, partial: Path, data_offset: int, chunks: list[np.ndarray],
+                 workers: int, decode_pickle: bytes | None, done_fd: int, bar) -> None:
+    """Decode `chunks` (in this process when `decode_pickle` is None), marking each chunk done once it is on
+    disk. The first error is raised after the chunks in flight are finished and marked, so a rerun repeats
+    as little as possible."""
+    if decode_pickle is None:
+        writer = _RowWriter(decode, size, partial, data_offset)
+        try:
+            for rows in chunks:
+                _mark_done(done_fd, writer(rows))
+                bar.update(len(rows))
+        finally:
+            writer.close()
+        return
+    pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),  # fork is unsafe once torch runs
+                               initializer=_start_worker, initargs=(decode_pickle, size, partial, data_offset))
+    error = None
+    try:
+        futures = [pool.submit(_worker_write, rows) for rows in chunks]
+        for future in as_completed(futures):
+            if future.cancelled():
+                continue
+            if future.exception() is None:
+                rows = future.result()
+                _mark_done(done_fd, rows)
+                bar.update(len(rows))
+            elif error is None:
+                error = future.exception()
+                for other in futures:
+                    other.cancel()
+    except BaseException:  # an interrupt: leave the running chunks, do not wait for the queued ones
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=False)  # every chunk is back; the workers' exit (~1 s: torch's teardown) need not hold us
+    if error is not None:
+        raise error
+
+
+def build_cache(dataset: MultilabelImages, size: int, cache_dir: str | Path, workers: int | None = None,
                 rows: np.ndarray | None = None) -> Path:
-    """Decode `rows` of the full dataset (None: every row) once; reuse the file afterwards. The file has a
-    slot for every row of the dataset; the rows left out stay zero and no split serves them."""
+    """Decode `rows` of the full dataset (None: every row) once, with `workers` processes (None: one per
+    core); reuse the file afterwards. The file has a slot for every row of the dataset; the rows left out
+    stay zero and no split serves them. An interrupted build is finished by the next call, not restarted."""
     path = cache_path(dataset, size, cache_dir, rows)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = len(dataset)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
-
-    def fill(row: int) -> None:
-        array[row] = decode_square(dataset, row, size)
-
-    try:
-        with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL releases the GIL while decoding
-            list(pool.map(fill, range(n) if rows is None else (int(r) for r in rows)))
-        array.flush()
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # an unreadable image (or an interrupt) leaves no half-written file
-        raise
-    os.replace(tmp, path)
-    left_out = _left_out(n, rows).tolist()
-    path.with_suffix(".json").write_text(json.dumps({"source": dataset.source, "images": n, "size": size,
-                                                     "left_out": left_out}))
+    with _build_lock(path):
+        if not path.exists():  # else another process built it while this one waited
+            _build(dataset, size, path, default_workers() if workers is None else max(1, workers), rows)
     return path
+
+
+def _build(dataset: MultilabelImages, size: int, path: Path, workers: int, rows: np.ndarray | None) -> None:
+    n, row_bytes = len(dataset), 3 * size * size
+    wanted = np.arange(n) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+    partial, done_path = path.with_name(f"{path.name}.partial"), path.with_name(f"{path.name}.done")
+    done = _done_rows(partial, done_path, n, size)
+    todo = wanted if done is None else wanted[~done[wanted]]
+    finished = len(wanted) - len(todo)
+    _check_space(path.parent, len(todo) * row_bytes + (n if done is None else 0), size, partial)
+    chunks = _chunks(todo)
+    workers = max(1, min(workers, len(chunks)))
+    pooled = workers > 1 and len(todo) >= POOL_MIN_ROWS
+    decode_pickle = _pickled_for_workers(dataset.decode) if pooled else None
+    workers = workers if decode_pickle is not None else 1
+    resuming = f" (resuming: {finished:,} done)" if done is not None else ""
+    print(f"building the image cache: {len(wanted):,} images x 3x{size}x{size} = {_gib(len(wanted) * row_bytes)} "
+          f"at {path}{resuming}, {workers} process{'es' if workers > 1 else ''}", file=sys.stderr, flush=True)
+    if done is None:  # the partial file first: a done record without its partial file is never trusted
+        np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))  # sparse: zeros
+        done_path.write_bytes(bytes(n))
+    data_offset = np.load(partial, mmap_mode="r").offset
+    done_fd = os.open(done_path, os.O_WRONLY)
+    bar = tqdm(total=len(wanted), initial=finished, desc="image cache", unit="img", leave=False,
+               disable=None)  # disable=None: no bar when stderr is not a terminal
+    try:
+        _decode_rows(dataset.decode, size, partial, data_offset, chunks, workers, decode_pickle, done_fd, bar)
+    except DataError as exc:  # an unreadable image: what is decoded stays, for a rerun on the same data
+        kept = int(np.fromfile(done_path, dtype=np.uint8)[wanted].sum())
+        if not kept:
+            partial.unlink()
+            done_path.unlink()
+            raise
+        raise DataError(f"{exc}\n(the {kept:,} images decoded so far stay in {partial}: a rerun on the same data "
+                        "resumes from them; delete it if the dataset changes)") from None
+    finally:
+        os.close(done_fd)
+        bar.close()
+    os.replace(partial, path)
+    path.with_suffix(".json").write_text(json.dumps({"source": dataset.source, "images": n, "size": size,
+                                                     "left_out": _left_out(n, rows).tolist()}))
+    done_path.unlink()
 
 
 def open_cache(path: Path) -> np.ndarray:
@@ -76,13 +272,14 @@ def open_cache(path: Path) -> np.ndarray:
 
 
 class CachedImages(torch.utils.data.Dataset):
-    """Every row of a cached dataset: sample `row` = (uint8 image, float target, row). Splits are
-    `Subset`s of it; `__getitems__` (which `Subset` forwards) fetches a whole batch with one fancy index."""
+    """Every row of a cached dataset: sample `row` = (uint8 image, float target row, row), the target 1 / 0 /
+    NaN for positive / negative / unknown (`LabelMatrix.target_rows`). Splits are `Subset`s of it;
+    `__getitems__` (which `Subset` forwards) fetches a whole batch with one fancy index."""
 
-    def __init__(self, path: Path, targets: np.ndarray):
+    def __init__(self, path: Path, labels: LabelMatrix):
         self.path = path
         self._array: np.ndarray | None = None  # opened lazily: DataLoader workers map it themselves
-        self.targets = torch.from_numpy(np.asarray(targets, dtype=np.float32))
+        self.labels = LabelMatrix.of(labels)
 
     @property
     def array(self) -> np.ndarray:
@@ -94,16 +291,16 @@ class CachedImages(torch.utils.data.Dataset):
         return {**self.__dict__, "_array": None}
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return len(self.labels)
 
     def __getitem__(self, row: int):
         row = int(row)
-        return torch.from_numpy(np.ascontiguousarray(self.array[row])), self.targets[row], row
+        return torch.from_numpy(self.array[row].copy()), self.labels.target_row(row), row
 
     def __getitems__(self, rows: list[int]):
         rows = np.asarray(rows, dtype=np.int64)
         images = torch.from_numpy(self.array[rows])  # one copy out of the page cache
-        return images, self.targets[rows], torch.from_numpy(rows)
+        return images, self.labels.target_rows(rows), torch.from_numpy(rows)
 
 
 def collate_batch(batch):

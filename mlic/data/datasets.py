@@ -135,13 +135,19 @@ def decode_problems(dataset: MultilabelImages, workers: int = 4, report: DecodeR
 
 
 def check_command(fmt: str, root, image_column: str = "image", label_column: str = "labels",
-                  split: str = "train") -> str:
-    """The `mlic check-data` command that lists every problem of this dataset."""
+                  split: str | None = None, voc_difficult: str = "ignore", class_list: str | None = None) -> str:
+    """The `mlic check-data` command that lists every problem of this dataset (split None: the format's
+    default; only the flags that differ from check-data's defaults are written)."""
     flags = "" if fmt == "helsinki" else f" --format {fmt}"
+    given = {"--split": split}
     if fmt == "hf":
-        defaults = {"--image-column": "image", "--label-column": "labels", "--split": "train"}
-        given = {"--image-column": image_column, "--label-column": label_column, "--split": split}
-        flags += "".join(f" {flag} {value}" for flag, value in given.items() if value != defaults[flag])
+        given.update({"--image-column": image_column, "--label-column": label_column})
+        given["--split"] = None if split == "train" else split
+    given["--voc-difficult"] = voc_difficult if fmt == "voc" and voc_difficult != "ignore" else None
+    given["--class-list"] = class_list if fmt == "openimages" else None
+    defaults = {"--image-column": "image", "--label-column": "labels"}
+    flags += "".join(f" {flag} {value}" for flag, value in given.items()
+                     if value is not None and value != defaults.get(flag))
     return f"mlic check-data{flags} {root}"
 
 
@@ -205,24 +211,13 @@ def load_dataset(cfg_data, workers: int = 4) -> tuple[MultilabelImages, np.ndarr
         from mlic.data.demo import demo_root
 
         root = str(demo_root(cfg_data.demo_images, cfg_data.demo_seed))
+    # hf keeps its own key (data.hf_split); data.split, when set, names the split for every format
+    split = (cfg_data.split or cfg_data.hf_split) if cfg_data.format == "hf" else cfg_data.split
     dataset, problems = parse(cfg_data.format, root, image_column=cfg_data.image_column,
-                              label_column=cfg_data.label_column, split=cfg_data.hf_split,
+                              label_column=cfg_data.label_column, split=split,
                               settings=DecodeSettings.from_config(cfg_data), decode=cfg_data.skip_bad,
-                              workers=workers)
-    check = check_command(cfg_data.format, root, cfg_data.image_column, cfg_data.label_column, cfg_data.hf_split)
+                              workers=workers, voc_difficult=cfg_data.voc_difficult, class_list=cfg_data.class_list)
+    check = check_command(cfg_data.format, root, cfg_data.image_column, cfg_data.label_column, split,
+                          cfg_data.voc_difficult, cfg_data.class_list)
     return dataset, usable_rows(dataset, problems, check, skip_unreadable=cfg_data.skip_bad)
 
-
-def stratified_split(targets: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Iterative stratification (Sechidis et al. 2011) for multi-label data, fixed by `seed`.
-    Returns sorted positions into `targets`."""
-    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-
-    if not 0 < val_fraction < 1:
-        raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-    n = len(targets)
-    # Images with no label form one more "class" so they are spread evenly too.
-    y = np.concatenate([targets, (targets.sum(1, keepdims=True) == 0)], axis=1).astype(int)
-    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
-    train_idx, val_idx = next(splitter.split(np.zeros((n, 1)), y))
-    return np.sort(train_idx), np.sort(val_idx)

@@ -6,6 +6,7 @@ immutable dataset; `Data.train` and `Data.val` are `torch.utils.data.Subset`s ov
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -14,11 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mlic.data.cache import CachedImages, build_cache, collate_batch
-from mlic.data.datasets import MultilabelImages, Transformed, load_dataset, stratified_split
+from mlic.data.cache import CachedImages, NoSpaceForCache, build_cache, collate_batch
+from mlic.data.datasets import MultilabelImages, Transformed, load_dataset
 from mlic.data.demo import cache_home
+from mlic.data.split import stratified_split, with_val_split
 from mlic.data.transforms import DeviceTransform, per_image_transform
 from mlic.errors import ConfigError, DataError
+from mlic.labels import LabelMatrix
 from mlic.sampler import MultilabelBalancedSampler, ShuffleSampler
 
 CACHE_AUTO_LIMIT = 32 * 2**30  # bytes: above this, `data.cache=auto` decodes per image instead
@@ -38,7 +41,7 @@ class Data:
     dataset: MultilabelImages  # the full dataset: train and val are Subsets of it, by its rows
     train: Subset
     val: Subset
-    train_targets: np.ndarray  # (n_train, C) uint8: the training split's targets, in `train` order
+    train_labels: LabelMatrix  # the training split's labels, in `train` order
     train_loader: DataLoader
     val_loader: DataLoader
     sampler: ShuffleSampler | MultilabelBalancedSampler
@@ -82,26 +85,38 @@ def check_labels(cfg, dataset: MultilabelImages) -> None:
 
 
 def load_split(cfg) -> Split:
-    """The labelled dataset and its stratified train/val split, as rows of the dataset. Problems in the
-    data are a DataError here, except unreadable images under `data.skip_bad`: those rows are left out
-    of both sides (found by decoding every image, which happens only then)."""
-    dataset, rows = load_dataset(cfg.data, workers=max(2, cfg.data.num_workers))
+    """The labelled dataset and its train/val split, as rows of the dataset: a stratified split of the
+    data, or with `data.val_split` the format's own validation split (stacked after the training rows).
+    Problems in the data are a DataError here, except unreadable images under `data.skip_bad`: those rows
+    are left out of both sides (found by decoding every image, which happens only then). Under
+    `data.unknown_as=negative` the unknown entries of partial labels become negatives here."""
+    workers = max(2, cfg.data.num_workers)
+    dataset, rows = load_dataset(cfg.data, workers=workers)
     check_labels(cfg, dataset)
-    train, val = stratified_split(dataset.targets[rows], cfg.data.val_fraction, cfg.data.seed)
-    return Split(dataset, rows[train], rows[val])
+    if cfg.data.val_split is None:
+        train, val = stratified_split(dataset.labels.take(rows), cfg.data.val_fraction, cfg.data.seed)
+        train_idx, val_idx = rows[train], rows[val]
+    else:
+        val_cfg = dataclasses.replace(cfg.data, split=cfg.data.val_split, hf_split=cfg.data.val_split)
+        val_dataset, val_rows = load_dataset(val_cfg, workers=workers)
+        train_idx, val_idx = rows, len(dataset) + val_rows
+        dataset = with_val_split(dataset, val_dataset)
+    if cfg.data.unknown_as == "negative" and dataset.labels.partial:
+        dataset = dataclasses.replace(dataset, labels=dataset.labels.unknown_as_negative())
+    return Split(dataset, train_idx, val_idx)
 
 
-def build_sampler(cfg, targets: np.ndarray, label_names: list[str]):
-    """The training sampler over positions 0..len(targets)-1 of the training split."""
+def build_sampler(cfg, labels: LabelMatrix, label_names: list[str]):
+    """The training sampler over positions 0..len(labels)-1 of the training split."""
     if cfg.sampler.name == "balanced":
         try:
             return MultilabelBalancedSampler(
-                targets, cfg.sampler.class_choice, cfg.sampler.num_samples, cfg.sampler.empty_share,
+                labels, cfg.sampler.class_choice, cfg.sampler.num_samples, cfg.sampler.empty_share,
                 seed=cfg.train.seed, label_names=label_names,
             )
         except ValueError as exc:
             raise ConfigError(f"sampler: {exc}") from None
-    return ShuffleSampler(len(targets), seed=cfg.train.seed)
+    return ShuffleSampler(len(labels), seed=cfg.train.seed)
 
 
 def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) -> Data:
@@ -119,11 +134,13 @@ def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) 
         rows = None if len(used) == len(dataset) else used
         with accelerator.local_main_process_first():
             try:
-                path = build_cache(dataset, cfg.data.cache_size, cache_dir, max(2, cfg.data.num_workers), rows)
+                path = build_cache(dataset, cfg.data.cache_size, cache_dir, rows=rows)  # every core of the node
+            except NoSpaceForCache:
+                raise
             except DataError as exc:  # an unreadable image: the cache is the first to decode every one
                 raise DataError(f"{exc}\n`mlic check-data` on the dataset lists every problem; data.skip_bad=true "
                                 "leaves unreadable images out of training") from None
-        train_source = val_source = CachedImages(path, dataset.targets)
+        train_source = val_source = CachedImages(path, dataset.labels)
         common["collate_fn"] = collate_batch
         train_transform = DeviceTransform(size, preprocess.mean, preprocess.std, cfg.augment, channels_last, mode)
         eval_transform = DeviceTransform(size, preprocess.mean, preprocess.std, None, channels_last, mode)
@@ -137,9 +154,9 @@ def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) 
             f"config key 'train.batch_size': {cfg.train.batch_size} per process x {world} processes is more than "
             f"the {len(train)} training images; lower it"
         )
-    train_targets = dataset.targets[train_idx]
-    sampler = build_sampler(cfg, train_targets, dataset.label_names)
+    train_labels = dataset.labels.take(train_idx)
+    sampler = build_sampler(cfg, train_labels, dataset.label_names)
     train_loader = DataLoader(train, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True, **common)
     val_loader = DataLoader(val, batch_size=cfg.train.eval_batch_size, shuffle=False, **common)
-    return Data(dataset, train, val, train_targets, train_loader, val_loader, sampler, train_transform,
+    return Data(dataset, train, val, train_labels, train_loader, val_loader, sampler, train_transform,
                 eval_transform, cached, skipped_images=len(dataset) - len(used))
