@@ -225,17 +225,26 @@ class LabelMatrix:
 
     def target_rows(self, rows) -> torch.Tensor:
         """The batch's float32 targets: 1 positive, 0 negative, NaN unknown (see the module doc)."""
-        m = self.take(np.atleast_1d(np.asarray(rows, dtype=np.int64)))
-        if not m.partial:
-            out = torch.zeros(m.shape, dtype=torch.float32)
+        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        if self.partial:
+            out = np.full((len(rows), self.num_labels), np.nan, dtype=np.float32)
+            indptr, indices = _take_rows(self.known_indptr, self.known_indices, rows)
+            out[_rows_of(indptr), indices] = 0.0
         else:
-            out = torch.full(m.shape, float("nan"), dtype=torch.float32)
-            out[torch.from_numpy(_rows_of(m.known_indptr)), torch.from_numpy(m.known_indices.astype(np.int64))] = 0.0
-        out[torch.from_numpy(_rows_of(m.indptr)), torch.from_numpy(m.indices.astype(np.int64))] = 1.0
-        return out
+            out = np.zeros((len(rows), self.num_labels), dtype=np.float32)
+        indptr, indices = _take_rows(self.indptr, self.indices, rows)
+        out[_rows_of(indptr), indices] = 1.0
+        return torch.from_numpy(out)
 
     def target_row(self, row: int) -> torch.Tensor:
-        return self.target_rows([int(row)])[0]
+        """One image's target row (as `target_rows`), from its slices of the CSR arrays."""
+        if self.partial:
+            out = np.full(self.num_labels, np.nan, dtype=np.float32)
+            out[self.known_indices[self.known_indptr[row]:self.known_indptr[row + 1]]] = 0.0
+        else:
+            out = np.zeros(self.num_labels, dtype=np.float32)
+        out[self.indices[self.indptr[row]:self.indptr[row + 1]]] = 1.0
+        return torch.from_numpy(out)
 
     # ---- counts (all sparse)
     def positive_counts(self) -> np.ndarray:

