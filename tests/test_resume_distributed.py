@@ -1,22 +1,26 @@
 """Kill a 2-process run after a mid-epoch checkpoint, start it again: it must end as the uninterrupted
 2-process run does (weights and validation metrics). Users resume preempted multi-GPU jobs this way.
 
-Under DeepSpeed ZeRO-2 with the default settings; under DDP with every piece of the modern recipe that
-keeps state or draws randomness on (the EMA of the weights, ASL, RandAugment, Cutout, MixUp, CutMix):
-the average must come back exactly too (YOLOX and DeiT both shipped EMA resume bugs)."""
+Under DeepSpeed ZeRO-2 with the default settings; under DDP with every piece that keeps state or draws
+randomness on (the EMA of the weights, ASL, RandAugment, Cutout, MixUp, CutMix, the balanced sampler's
+`least_sampled` counts), on partial labels (a csv with a third of the entries unknown, masked out of the
+loss and the metrics): the average must come back exactly too (YOLOX and DeiT both shipped EMA resume
+bugs)."""
 
 import json
 
 import pytest
 import yaml
 
+from mlic.data.demo import demo_root
 from tests.conftest import VAL_COMPARED, assert_same_run, run_cmd
+from tests.test_partial_labels import write_csv
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=32", "train.epochs=2",
         "train.save_every_steps=4", "run.progress=false"]
 RECIPE = ["train.ema_decay=0.9", "loss.name=asl", "augment.policy=randaugment", "augment.cutout=0.5",
-          "augment.mixup=0.4", "augment.cutmix=1.0", "train.select_metric=val_ema/mAP"]
+          "augment.mixup=0.4", "augment.cutmix=1.0", "train.select_metric=val_ema/mAP", "sampler.name=balanced"]
 LAUNCH = {"ddp": ("multi_cpu.yaml", {"ACCELERATE_USE_CPU": "true"}, RECIPE),
           "deepspeed": ("deepspeed_zero2_cpu.yaml", {}, [])}
 
@@ -24,6 +28,12 @@ LAUNCH = {"ddp": ("multi_cpu.yaml", {"ACCELERATE_USE_CPU": "true"}, RECIPE),
 def _train(kind: str, run, port: int, fault: str | None = None):
     config, env, recipe = LAUNCH[kind]
     env = {**env, **({"MLIC_FAULT": fault} if fault else {})}
+    if kind == "ddp":  # partial labels: the demo corpus as a csv with a third of the entries unknown
+        partial = run.parent / "partial"
+        if not partial.exists():
+            partial.mkdir()
+            write_csv(demo_root(300, 0), partial, "labels", hide=1 / 3, seed=0)
+        recipe = [*recipe, "data.format=csv", f"data.root={partial}"]
     return run_cmd(["accelerate", "launch", "--config_file", f"launch/{config}", "--main_process_port", str(port),
                     "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *recipe, f"run.output_dir={run}"],
                    timeout=900, env=env)
@@ -46,6 +56,8 @@ def test_two_process_run_killed_after_a_mid_epoch_checkpoint_resumes_exactly(tmp
     epoch1 = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()][:2]
     assert epoch1[0]["images"] == provenance["train_images"] // 32 * 32
     assert epoch1[1]["images"] == provenance["val_images"]
+    state = json.loads(next((straight / "checkpoints").glob("epoch*/mlic_state.json")).read_text())
+    assert state["identity"].get("partial_labels", False) == (kind == "ddp")  # the masked objective is on
 
     killed = _train(kind, resumed, port, fault="step:6")  # each rank dies at its 6th step, after the step-4 save
     assert killed.returncode != 0
