@@ -6,7 +6,8 @@ named by the dataset's fingerprint (file names, sizes, mtimes, decode settings: 
 zeros): a changed source, decode setting, side or set of rows gets a new cache.
 
 Building (one process per node: the caller wraps it in `local_main_process_first`) decodes with a pool of
-worker processes, one per core (PIL holds the GIL for part of each decode, so threads do not scale), into
+worker processes, one per core (PIL holds the GIL for part of each decode, so threads do not scale), from
+POOL_MIN_ROWS images up (below, a few threads: a worker takes seconds to start), into
 `NAME.u8.partial`; `NAME.u8.done` holds one byte per row, set once that row is on disk. An interrupted or
 failed build leaves both, and the next build with the same arguments decodes only the rows not done, then
 renames the file into place: a reader never sees half a cache. `NAME.u8.lock` (flock) keeps two builders
@@ -26,7 +27,7 @@ import pickle
 import shutil
 import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,11 @@ from mlic.errors import DataError
 from mlic.labels import LabelMatrix
 
 CHUNK_ROWS = 256  # rows per worker task and per progress record: a task's overhead is small next to its decoding
-POOL_MIN_ROWS = 4096  # fewer rows to decode: this process alone (each worker's start, importing torch, takes seconds)
+# Fewer rows to decode: threads of this process. A worker process starts in seconds (spawned one after the
+# other, each importing torch): on a 16-core H200 host an 8,000-image build took 28 s with 16 processes, 3.4 s
+# in one process, 2.6 s with 4 threads (docs/PERFORMANCE.md).
+POOL_MIN_ROWS = 100_000
+IN_PROCESS_THREADS = 4  # more threads were slower there (16: 1,321 images/s against 3,097 for 4)
 
 
 class NoSpaceForCache(DataError):
@@ -174,23 +179,33 @@ def _pickled_for_workers(decode: Callable) -> bytes | None:
 
 def _decode_rows(decode: Callable, size: int, partial: Path, data_offset: int, chunks: list[np.ndarray],
                  workers: int, decode_pickle: bytes | None, done_fd: int, bar) -> None:
-    """Decode `chunks` (in this process when `decode_pickle` is None), marking each chunk done once it is on
-    disk. The first error is raised after the chunks in flight are finished and marked, so a rerun repeats
-    as little as possible."""
-    if decode_pickle is None:
-        writer = _RowWriter(decode, size, partial, data_offset)
+    """Decode `chunks` (with threads of this process when `decode_pickle` is None, else with worker processes),
+    marking each chunk done once it is on disk."""
+    if decode_pickle is None:  # PIL releases the GIL for part of a decode: a few threads still help
+        writer, threads = _RowWriter(decode, size, partial, data_offset), min(workers, IN_PROCESS_THREADS)
         try:
-            for rows in chunks:
-                _mark_done(done_fd, writer(rows))
-                bar.update(len(rows))
+            if threads == 1:  # in order: an error stops at its chunk
+                for rows in chunks:
+                    _mark_done(done_fd, writer(rows))
+                    bar.update(len(rows))
+            else:
+                pool = ThreadPoolExecutor(threads)
+                _collect(pool, [pool.submit(writer, rows) for rows in chunks], done_fd, bar, wait=True)
         finally:
             writer.close()
         return
     pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),  # fork is unsafe once torch runs
                                initializer=_start_worker, initargs=(decode_pickle, size, partial, data_offset))
+    # wait=False: the workers' exit (~1 s: torch's teardown) need not hold us, nor running chunks an interrupt
+    _collect(pool, [pool.submit(_worker_write, rows) for rows in chunks], done_fd, bar, wait=False)
+
+
+def _collect(pool, futures: list, done_fd: int, bar, wait: bool) -> None:
+    """Marks each chunk done as it comes back. The first error is raised after the chunks in flight are
+    finished and marked (the queued ones are cancelled), so a rerun repeats as little as possible. `wait`:
+    whether an interrupt waits for the running chunks (threads must: they write through this process's file)."""
     error = None
     try:
-        futures = [pool.submit(_worker_write, rows) for rows in chunks]
         for future in as_completed(futures):
             if future.cancelled():
                 continue
@@ -202,10 +217,10 @@ def _decode_rows(decode: Callable, size: int, partial: Path, data_offset: int, c
                 error = future.exception()
                 for other in futures:
                     other.cancel()
-    except BaseException:  # an interrupt: leave the running chunks, do not wait for the queued ones
-        pool.shutdown(wait=False, cancel_futures=True)
+    except BaseException:  # an interrupt: do not wait for the queued chunks
+        pool.shutdown(wait=wait, cancel_futures=True)
         raise
-    pool.shutdown(wait=False)  # every chunk is back; the workers' exit (~1 s: torch's teardown) need not hold us
+    pool.shutdown(wait=wait)
     if error is not None:
         raise error
 
@@ -237,10 +252,11 @@ def _build(dataset: MultilabelImages, size: int, path: Path, workers: int, rows:
     workers = max(1, min(workers, len(chunks)))
     pooled = workers > 1 and len(todo) >= POOL_MIN_ROWS
     decode_pickle = _pickled_for_workers(dataset.decode) if pooled else None
-    workers = workers if decode_pickle is not None else 1
+    threads = min(workers, IN_PROCESS_THREADS)
+    how = f"{workers} processes" if decode_pickle is not None else f"{threads} thread{'s' if threads > 1 else ''}"
     resuming = f" (resuming: {finished:,} done)" if done is not None else ""
     print(f"building the image cache: {len(wanted):,} images x 3x{size}x{size} = {_gib(len(wanted) * row_bytes)} "
-          f"at {path}{resuming}, {workers} process{'es' if workers > 1 else ''}", file=sys.stderr, flush=True)
+          f"at {path}{resuming}, {how}", file=sys.stderr, flush=True)
     if done is None:  # the partial file first: a done record without its partial file is never trusted
         np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))  # sparse: zeros
         done_path.write_bytes(bytes(n))
