@@ -20,6 +20,8 @@ from mlic.ema import WeightEma
 from mlic.errors import ConfigError
 from mlic.losses import build_loss
 from mlic.models import Preprocess, build_model, head_prefix, is_cnn
+from mlic.run_state import latest_checkpoint
+from mlic.trackers import make_trackers
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Run:
     cast: torch.dtype | None  # input dtype under DeepSpeed half precision
     steps_per_epoch: int  # optimizer steps of an epoch on each rank (train.max_steps_per_epoch applied)
     ema: WeightEma | None = None  # train.ema_decay: the average of the weights, evaluated beside them
+    tracking: Any = None  # mlic.trackers.Publisher, set when the run folder starts
 
     @property
     def partial_labels(self) -> bool:
@@ -79,7 +82,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
-        log_with="tensorboard",
+        log_with=make_trackers(cfg, resumable=latest_checkpoint(Path(cfg.run.output_dir) / "checkpoints") is not None),
         project_config=ProjectConfiguration(project_dir=cfg.run.output_dir, logging_dir=cfg.run.output_dir),
         kwargs_handlers=handlers,
         step_scheduler_with_optimizer=False,  # the schedule's unit (epoch or step) is ours, whatever the world size

@@ -171,6 +171,9 @@ class EvalConfig:
 class RunConfig:
     output_dir: str = "runs/default"
     progress: bool = True
+    # accelerate's integrations: tensorboard (RUN/tensorboard), mlflow (MLFLOW_TRACKING_URI), wandb (RUN/wandb)
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["tensorboard"])
+    tracker_project: str = "mlic"  # the MLflow experiment / W&B project; the run is named after output_dir
 
 
 @dataclass

@@ -42,10 +42,11 @@ from mlic.metrics import (
 from mlic.models import architecture
 from mlic.preemption import StopSignal, any_rank
 from mlic.run_lock import RunFolderLock
-from mlic.run_log import log_epoch, log_step, start_run_folder, trim_metrics
+from mlic.run_log import log_epoch, log_step, publish, start_run_folder, trim_metrics
 from mlic.run_state import RunState, latest_checkpoint
 from mlic.seeding import mix_seed
 from mlic.selection import check_select_metric, chosen_split
+from mlic.trackers import check_trackers
 
 __all__ = ["build_optimizer", "build_scheduler", "evaluate", "fit", "predict_logits", "train_one_epoch"]
 
@@ -54,6 +55,7 @@ def fit(cfg: Config) -> dict[str, dict]:
     """Train per `cfg`. Returns the last epoch's {"train": ..., "val": ...} metrics, or {"stopped": ...}
     when a stop request (SIGTERM, SIGUSR1, the stop file) ended the run after its checkpoint."""
     check_select_metric(cfg)
+    check_trackers(cfg)
     accelerator = make_accelerator(cfg)
     if accelerator.device.type == "cpu" and cfg.train.keep_host_memory:
         keep_freed_memory()
@@ -347,6 +349,7 @@ def resume(run: Run) -> RunState:
     acc.print(f"resumed from {path} (epoch {state.epoch}, sample {state.samples_in_epoch} of its global order: "
               f"step {state.step_in_epoch} at {acc.num_processes} process(es))")
     trim_metrics(run, state.epoch - 1)
+    publish(run, state.epoch - 1, state.global_step)  # a kill after the checkpoint but before its publishing
     return state
 
 
@@ -354,6 +357,7 @@ def save_checkpoint(run: Run, state: RunState) -> None:
     share_buffers(run.accelerator, run.model)
     state.sampler = run.data.sampler.state_dict()
     state.save(run.accelerator, run.out / "checkpoints", run.identity, run.cfg.train.keep_checkpoints)
+    publish(run, state.epoch - 1, state.global_step)  # only now: tracker points cannot be taken back
 
 
 def stopped(run: Run, state: RunState, where: str) -> dict[str, dict]:

@@ -1,6 +1,6 @@
 """Failpoints for the reliability tests: `MLIC_FAULT=point:n[,point:n]` makes the n-th pass through a
 named point fail (`kill`: SIGKILL this process, as a dead node would; `nan`: a non-finite loss).
-Without the variable every call is a no-op. Points: step, eval, metrics, checkpoint, export, nan."""
+Without the variable every call is a no-op. Points: step, eval, metrics, checkpoint, publish, export, nan."""
 
 from __future__ import annotations
 

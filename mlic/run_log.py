@@ -1,4 +1,5 @@
-"""What a run writes for people: config.yaml, metrics.jsonl, TensorBoard scalars and Figures 1-3."""
+"""What a run writes for people: config.yaml, metrics.jsonl, the trackers' scalars (TensorBoard, MLflow,
+W&B: `mlic.trackers`) and Figures 1-3."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from mlic import faults
 from mlic.build import Run
 from mlic.config import Config, save_resolved
 from mlic.export import recover_export
+from mlic.trackers import Publisher
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -29,7 +31,8 @@ def start_run_folder(run: Run) -> None:
                       hosts=hosts, mixed_precision=acc.mixed_precision, distributed_type=acc.distributed_type.value,
                       label_names=data.dataset.label_names, train_images=len(data.train), val_images=len(data.val),
                       cached=data.cached)
-    acc.init_trackers("tensorboard", config=_flat_hparams(run.cfg))
+    run.tracking = Publisher(acc, run.out)
+    run.tracking.start(_flat_hparams(run.cfg))
     if acc.is_main_process and not (run.out / "figures").exists():
         _data_figures(run)
 
@@ -43,17 +46,17 @@ def trim_metrics(run: Run, last_epoch: int) -> None:
 
 
 def log_epoch(run: Run, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
+    """metrics.jsonl and the console now; the trackers get the lines once the epoch's checkpoint is saved
+    (`publish`). The train line also carries the learning rate (and the GPU memory peak)."""
     acc = run.accelerator
-    scalars = {f"{split}/{k}": v for split, values in metrics.items() for k, v in values.items()}
-    scalars["lr"] = current_lr(run)
+    extra = {"lr": current_lr(run)}
     if torch.cuda.is_available():
-        scalars["gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    acc.log(scalars, step=epoch)
+        extra["gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     if not acc.is_main_process:
         return
     with (run.out / METRICS_FILE).open("a") as fh:
         for split, values in metrics.items():
-            fh.write(json.dumps({"epoch": epoch, "split": split, **values}) + "\n")
+            fh.write(json.dumps({"epoch": epoch, "split": split, **values, **(extra if split == "train" else {})}) + "\n")
     faults.kill_point("metrics")  # lines written, checkpoint not yet: the resume trims them
     t, v = metrics["train"], metrics["val"]
     ema = f" (EMA {metrics['val_ema']['f1_macro']:.3f} / {metrics['val_ema']['mAP']:.3f})" if "val_ema" in metrics else ""
@@ -65,7 +68,16 @@ def log_epoch(run: Run, epoch: int, metrics: dict[str, dict[str, float]]) -> Non
 
 
 def log_step(run: Run, step: int, loss: torch.Tensor) -> None:
-    run.accelerator.log({"train/loss_step": loss.item(), "lr": current_lr(run)}, step=step)
+    run.tracking.step(step, {"step/loss": loss.item(), "step/lr": current_lr(run)})
+
+
+def publish(run: Run, epochs_done: int, global_step: int) -> None:
+    """After a checkpoint: hand the trackers what it covers (see `mlic.trackers`)."""
+    faults.kill_point("publish")  # checkpoint saved, trackers not told: the resume publishes it
+    if run.accelerator.is_main_process:
+        path = run.out / METRICS_FILE
+        lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+        run.tracking.checkpoint_saved(epochs_done, global_step, lines)
 
 
 def current_lr(run: Run) -> float:
@@ -92,4 +104,5 @@ def _data_figures(run: Run) -> None:
     weights = pos_weight(labels) if weights is None else weights.cpu()
     order = np.asarray(list(data.sampler))  # epoch 0 of the sampler: the global order, no side effects
     figures = data_figures(labels, data.dataset.label_names, order, weights.numpy())
-    save_figures(figures, run.out / "figures", run.accelerator.get_tracker("tensorboard").writer)
+    writer = run.accelerator.get_tracker("tensorboard").writer if "tensorboard" in run.cfg.run.trackers else None
+    save_figures(figures, run.out / "figures", writer)

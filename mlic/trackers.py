@@ -1,0 +1,163 @@
+"""Where a run's numbers go besides metrics.jsonl: accelerate's trackers, chosen by `run.trackers`
+(tensorboard, mlflow, wandb). mlflow and wandb are imported by accelerate only when chosen.
+
+A restarted run continues its tracker runs: `RUN/trackers.json` keeps their ids (the MLflow run id, the
+W&B run id, resumed with `resume="allow"`) and what has been published. Tracker points cannot be taken
+back (MLflow has no delete), so nothing reaches a tracker before the checkpoint that covers it is saved:
+an epoch's metrics are published after its checkpoint, step losses after the next checkpoint (a run
+killed in between trains those steps again and logs them then, once). A kill between a checkpoint and
+`trackers.json` is mended on resume: the epochs the checkpoint covers that were not published yet are
+read back from metrics.jsonl. TensorBoard, which overlays a rewritten step, also gets step losses live.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracker, WandBTracker
+
+from mlic.config import Config
+from mlic.errors import ConfigError
+
+STATE_FILE = "trackers.json"
+EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the module it needs (pip install 'mlic[NAME]')
+
+
+def check_trackers(cfg: Config) -> None:
+    """Before any data is read: a chosen tracker whose library is missing is a config error."""
+    for name in cfg.run.trackers:
+        if name in EXTRAS and importlib.util.find_spec(EXTRAS[name]) is None:
+            raise ConfigError(f"config key 'run.trackers': {name} is not installed; pip install 'mlic[{name}]' "
+                              f"(or leave it out of run.trackers)")
+
+
+def read_state(out: Path) -> dict[str, Any]:
+    path = out / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_state(out: Path, state: dict[str, Any]) -> None:
+    tmp = out / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, out / STATE_FILE)
+
+
+def make_trackers(cfg: Config, resumable: bool) -> list[GeneralTracker]:
+    """The trackers of `cfg.run.trackers`, continuing the run folder's tracker runs when there is a
+    checkpoint to resume (`resumable`) or nothing was published yet; a run folder whose checkpoints
+    were deleted starts new tracker runs, since its old ones already hold the epochs it will redo."""
+    out = Path(cfg.run.output_dir)
+    saved = read_state(out)
+    if not resumable and (saved.get("epoch") or saved.get("step")):
+        saved = {}
+    name = out.resolve().name
+    trackers: list[GeneralTracker] = []
+    for kind in dict.fromkeys(cfg.run.trackers):  # each once
+        if kind == "tensorboard":
+            trackers.append(TensorBoardTracker("tensorboard", out))  # RUN/tensorboard, as always
+        elif kind == "mlflow":  # MLFLOW_TRACKING_URI says where; MLFLOW_RUN_ID, if set, wins (accelerate)
+            trackers.append(MLflowTracker(experiment_name=cfg.run.tracker_project, run_id=saved.get("mlflow"),
+                                          run_name=name))
+        elif kind == "wandb":  # WANDB_MODE=offline keeps it in RUN/wandb
+            run_id = saved.get("wandb") or uuid.uuid4().hex[:16]
+            trackers.append(WandBTracker(cfg.run.tracker_project, id=run_id, resume="allow", name=name, dir=str(out)))
+    return trackers
+
+
+class Publisher:
+    """The run's side of the trackers (main process): config once, step losses and epoch metrics only
+    behind a saved checkpoint."""
+
+    def __init__(self, accelerator, out: Path):
+        self.acc, self.out = accelerator, out
+        self.pending: list[tuple[int, dict[str, float]]] = []  # step logs waiting for a checkpoint
+        self.state = read_state(out) if accelerator.is_main_process else {}
+
+    def start(self, config: dict[str, Any]) -> None:
+        self.acc.init_trackers("mlic")  # the project names are set on the trackers themselves
+        if not self.acc.is_main_process:
+            return
+        for tracker in self.acc.trackers:
+            if tracker.name == "mlflow":
+                self.state["mlflow"] = tracker.tracker.info.run_id
+                _store_mlflow_params(tracker, config)
+            else:
+                tracker.store_init_configuration(config)
+            if tracker.name == "wandb":
+                self.state["wandb"] = tracker.run.id
+                _wandb_axes(tracker.run)
+        write_state(self.out, self.state)
+
+    def step(self, step: int, values: dict[str, float]) -> None:
+        """A step's losses: TensorBoard now, the others once a checkpoint covers `step`."""
+        if not self.acc.is_main_process:
+            return
+        for tracker in self.acc.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log(values, step=step)
+        self.pending.append((step, values))
+
+    def checkpoint_saved(self, epochs_done: int, global_step: int, lines: list[dict[str, Any]]) -> None:
+        """Publish what the checkpoint at (`epochs_done` whole epochs, `global_step`) covers and was not
+        published: the pending step logs, then the metrics.jsonl `lines` of the epochs it completes."""
+        if not self.acc.is_main_process:
+            return
+        steps = [(s, v) for s, v in self.pending if self.state.get("step", 0) < s <= global_step]
+        self.pending = [(s, v) for s, v in self.pending if s > global_step]
+        for step, values in steps:
+            self._log(values, step, "global_step")
+        by_epoch: dict[int, dict[str, float]] = {}
+        for line in lines:
+            if self.state.get("epoch", 0) < line["epoch"] <= epochs_done:
+                by_epoch.setdefault(line["epoch"], {}).update(epoch_scalars(line))
+        for epoch in sorted(by_epoch):
+            self._log(by_epoch[epoch], epoch, "epoch")
+        if steps or by_epoch:
+            self.state["step"] = max([self.state.get("step", 0), *(s for s, _ in steps)])
+            self.state["epoch"] = max([self.state.get("epoch", 0), *by_epoch])
+            write_state(self.out, self.state)
+
+    def _log(self, values: dict[str, float], step: int, axis: str) -> None:
+        for tracker in self.acc.trackers:
+            if tracker.name == "wandb":  # one step counter per W&B run: the axis is a logged value instead
+                tracker.log({**values, axis: step})
+            elif tracker.name != "tensorboard" or axis == "epoch":  # TensorBoard had the steps live
+                tracker.log(values, step=step)
+
+
+def epoch_scalars(line: dict[str, Any]) -> dict[str, float]:
+    """One metrics.jsonl line as tracker scalars: `SPLIT/metric`; the train line's lr as `lr`."""
+    split = line["split"]
+    scalars = {f"{split}/{k}": v for k, v in line.items() if k not in ("epoch", "split", "lr")
+               and isinstance(v, int | float) and not isinstance(v, bool)}
+    if "lr" in line:
+        scalars["lr"] = line["lr"]
+    return scalars
+
+
+def _store_mlflow_params(tracker: MLflowTracker, config: dict[str, Any]) -> None:
+    """MLflow refuses to change a logged parameter: a resumed run logs only the new keys and says which
+    values differ from the first start (RUN/config.yaml has the resolved config of this start)."""
+    import mlflow
+
+    logged = mlflow.get_run(tracker.tracker.info.run_id).data.params
+    new = {k: v for k, v in config.items() if k not in logged}
+    changed = sorted(k for k, v in config.items() if k in logged and logged[k] != str(v))
+    if new:
+        tracker.store_init_configuration(new)
+    if changed:
+        print(f"note: MLflow keeps the first start's value of {', '.join(changed)} (a parameter cannot change)")
+
+
+def _wandb_axes(run) -> None:
+    """Epoch metrics against `epoch`, step losses against `global_step` (both logged as values)."""
+    run.define_metric("epoch")
+    run.define_metric("global_step")
+    for prefix in ("train/*", "val/*", "val_ema/*", "lr"):
+        run.define_metric(prefix, step_metric="epoch")
+    run.define_metric("step/*", step_metric="global_step")
