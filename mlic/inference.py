@@ -1,10 +1,12 @@
-"""After training: `mlic predict` (the course's results file) and `mlic evaluate` (metrics of §5 with
-per-label figures), both from an exported model folder and through the training's eval preprocessing."""
+"""After training: `mlic predict` (the course's results file, through `mlic.load_model`) and `mlic evaluate`
+(metrics of §5 with per-label figures, on one process or many), both from an exported model folder and
+through the training's eval preprocessing."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -92,9 +94,14 @@ def infer(model, loader, transform) -> np.ndarray:
 
 def predict_command(model_dir: str, images: str, out: str | None, probs_path: str | None, allow_bad: bool,
                     batch_size: int, workers: int) -> int:
-    model, meta = load_exported(model_dir)
-    cfg = config_from_dict(meta["config"])
-    dataset = folder_images(Path(images), DecodeSettings.from_config(cfg.data))  # decoded as training did
+    """`mlic predict`: `mlic.load_model` on a folder, in image-number order, written as the course asks.
+    One process on one device (the GPU when there is one); under a multi-process launch rank 0 does it."""
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    from mlic.predictor import load_model
+
+    predictor = load_model(model_dir, batch_size=batch_size, workers=workers)
+    dataset = folder_images(Path(images), predictor.settings)  # decoded as training did
     problems = {p.row: p.text for p in decode_problems(dataset, workers)}
     for problem in problems.values():
         print(problem, file=sys.stderr)
@@ -102,27 +109,22 @@ def predict_command(model_dir: str, images: str, out: str | None, probs_path: st
         print(f"error: {len(problems)} unreadable image(s); nothing written (--allow-bad writes all-zero rows "
               "for them)", file=sys.stderr)
         return 1
-    good = np.array([i for i in range(len(dataset)) if i not in problems], dtype=np.int64)
-    loader, transform = _eval_inputs(dataset, good, cfg, meta, batch_size, workers)
-    probs = np.zeros((len(dataset), len(meta["label_names"])), dtype=np.float32)
-    if len(good):
-        probs[good] = infer(model, loader, transform)
-    from accelerate.state import PartialState
-
-    if not PartialState().is_main_process:
-        return 0
-    thresholds = np.asarray(meta["thresholds"], dtype=np.float64)
-    predicted = (probs >= thresholds).astype(int)
+    good = [i for i in range(len(dataset)) if i not in problems]
+    probs = np.zeros((len(dataset), len(predictor.label_names)), dtype=np.float32)
+    if good:
+        probs[good] = predictor.predict([dataset.decode.paths[i] for i in good]).probabilities
+    predicted = (probs >= predictor.thresholds).astype(int)
     predicted[list(problems)] = 0
     if out:
         Path(out).write_text("".join(" ".join(map(str, row)) + "\n" for row in predicted))
     if probs_path:
         with open(probs_path, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["file", *meta["label_names"]])
+            writer.writerow(["file", *predictor.label_names])
             for name, row in zip(dataset.names, probs):
                 writer.writerow([name, *(f"{p:.6f}" for p in row)])
-    print(f"{len(dataset)} images, {len(problems)} unreadable; labels: {' '.join(meta['label_names'])}", file=sys.stderr)
+    print(f"{len(dataset)} images, {len(problems)} unreadable; labels: {' '.join(predictor.label_names)}",
+          file=sys.stderr)
     return 0
 
 

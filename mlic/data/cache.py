@@ -69,14 +69,15 @@ def cache_path(dataset: MultilabelImages, size: int, cache_dir: str | Path, rows
     return Path(cache_dir) / f"{name}.u8"
 
 
-def _square(img: Image.Image, size: int) -> np.ndarray:
+def square_pixels(img: Image.Image, size: int) -> np.ndarray:
+    """An RGB image as the cache stores it: uint8 (3, size, size), resized by PIL's bilinear filter."""
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def decode_square(dataset: MultilabelImages, row: int, size: int) -> np.ndarray:
-    return _square(dataset.read(row), size)
+    return square_pixels(dataset.read(row), size)
 
 
 def _gib(nbytes: int) -> str:
@@ -94,7 +95,7 @@ class _RowWriter:
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         row_bytes = 3 * self.size * self.size
         for row in rows.tolist():
-            os.pwrite(self.fd, _square(self.decode(row).image, self.size), self.data_offset + row * row_bytes)
+            os.pwrite(self.fd, square_pixels(self.decode(row).image, self.size), self.data_offset + row * row_bytes)
         os.fdatasync(self.fd)
         return rows
 

@@ -89,6 +89,13 @@ def decode_image(source: str | Path | IO[bytes], settings: DecodeSettings, name:
         raise DataError(f"{name}: cannot read image: {_why_unreadable(source, exc)}") from None
 
 
+def decoded_rgb(img: Image.Image, settings: DecodeSettings, name: str = "image") -> Image.Image:
+    """An image already in memory (a PIL image users hand to `predict`) converted as `decode_image`
+    converts a file: upright, 8-bit sRGB, transparency on the background."""
+    img.load()
+    return _to_srgb(img, settings, name).image
+
+
 _pillow_limit = threading.Lock()
 
 

@@ -1,0 +1,73 @@
+"""`mlic.load_model(MODEL_DIR).predict(images)`, as users call it from their own code: paths, PIL images
+and uint8 tensors give the same answer, in batches of any size, and the same as the run's own evaluation
+of its validation split (`mlic evaluate`, the engine's loader and transform)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mlic
+from mlic.config import load_config
+from mlic.errors import DataError, MlicError
+from mlic.inference import evaluate_model
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from mlic.engine import fit
+
+    run = tmp_path_factory.mktemp("predictor") / "run"
+    fit(load_config(REPO / "configs" / "demo.yaml", ["data.demo_images=300", "train.batch_size=16", "train.epochs=1",
+                                                     "run.progress=false", f"run.output_dir={run}"]))
+    return run
+
+
+def test_paths_pil_images_and_tensors_predict_alike_and_as_evaluate_does(trained):
+    summary, per_label, probs, targets, dataset, rows = evaluate_model(trained / "model", None, "val")
+    paths = [dataset.decode.paths[r] for r in rows[:20]]
+    model = mlic.load_model(trained / "model", device="cpu", batch_size=7)  # batches of 7, 7 and 6
+    by_path = model.predict(paths)
+    assert by_path.label_names == dataset.label_names and by_path.probabilities.shape == (20, 14)
+    np.testing.assert_allclose(by_path.probabilities, probs[:20], atol=1e-5)  # what the run's evaluation saw
+
+    pil = [Image.open(p) for p in paths]
+    np.testing.assert_allclose(model.predict(pil).probabilities, by_path.probabilities, atol=1e-6)
+    tensors = [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]
+    np.testing.assert_allclose(model.predict(tensors).probabilities, by_path.probabilities, atol=1e-6)
+    batch = torch.stack(tensors)  # (N, 3, H, W) uint8: one call, split internally
+    np.testing.assert_allclose(model.predict(batch, batch_size=64).probabilities, by_path.probabilities, atol=1e-6)
+    one = model.predict(paths[3])
+    np.testing.assert_allclose(one.probabilities[0], by_path.probabilities[3], atol=1e-6)
+
+    exported = json.loads((trained / "model" / "config.json").read_text())["thresholds"]
+    assert np.array_equal(by_path.thresholds, exported)
+    assert np.array_equal(by_path.decisions, by_path.probabilities >= np.asarray(exported))
+    assert by_path.labels()[0] == [n for n, d in zip(by_path.label_names, by_path.decisions[0]) if d]
+    assert set(by_path.as_dicts()[0]) == set(dataset.label_names)
+
+
+def test_grayscale_and_transparent_images_are_converted_as_training_converts_files(trained, tmp_path):
+    model = mlic.load_model(trained / "model", device="cpu")
+    rgba = Image.new("RGBA", (40, 30), (200, 10, 10, 0))  # fully transparent: the background colour
+    rgba.save(tmp_path / "a.png")
+    gray = Image.new("L", (50, 50), 77)
+    gray.save(tmp_path / "g.png")
+    from_files = model.predict([tmp_path / "a.png", tmp_path / "g.png"]).probabilities
+    in_memory = model.predict([rgba, gray]).probabilities
+    np.testing.assert_allclose(in_memory, from_files, atol=1e-6)
+    as_array = model.predict(np.full((50, 50), 77, np.uint8)).probabilities  # (H, W) grayscale array
+    np.testing.assert_allclose(as_array[0], from_files[1], atol=1e-6)
+
+
+def test_wrong_inputs_are_clear_errors(trained):
+    model = mlic.load_model(trained / "model", device="cpu")
+    with pytest.raises(MlicError, match="uint8"):
+        model.predict(torch.rand(3, 32, 32))
+    with pytest.raises(MlicError, match=r"\(3, H, W\)"):
+        model.predict(torch.zeros(32, 32, 3, dtype=torch.uint8))
+    with pytest.raises(DataError, match="nothing.jpg"):
+        model.predict(["nothing.jpg"])
