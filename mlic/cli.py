@@ -111,6 +111,19 @@ def _analyze(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from mlic.onnx_export import export_onnx_command
+
+    return export_onnx_command(args.model_dir, args.onnx, args.opset, args.check)
+
+
+def _report(args) -> int:
+    from mlic.report import write_report
+
+    print(write_report(Path(args.run_dir), args.data))
+    return 0
+
+
 def _tables(args) -> int:
     from mlic.tables import tables_command
 
@@ -218,6 +231,19 @@ def _model_commands(sub) -> None:
     p.add_argument("--data", help="data root (default: the run's)")
     p.add_argument("--examples", type=int, default=8, help="misclassified examples per label and kind")
     p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("export", help="export a model folder to ONNX (needs the onnx extra: pip install 'mlic[onnx]')")
+    p.add_argument("model_dir", help="an exported model, e.g. runs/vit/model")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX file to write")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip running the exported model in onnxruntime against torch")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("report", help="RUN_DIR/report.html: config, curves, per-label table and figures on one page")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="data root (default: the run's)")
+    p.set_defaults(func=_report)
 
 
 if __name__ == "__main__":
