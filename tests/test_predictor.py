@@ -71,3 +71,14 @@ def test_wrong_inputs_are_clear_errors(trained):
         model.predict(torch.zeros(32, 32, 3, dtype=torch.uint8))
     with pytest.raises(DataError, match="nothing.jpg"):
         model.predict(["nothing.jpg"])
+
+
+def test_the_readme_example_runs(trained, demo_dir, capsys):
+    """README's five lines, on this run's model and two demo images."""
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("```python\nimport mlic\n", 1)[1].split("```", 1)[0]
+    code = code.replace('"runs/vit/model"', repr(str(trained / "model")))
+    code = code.replace('["a.jpg", "b.jpg"]', repr([str(demo_dir / "images" / "im1.jpg"), str(demo_dir / "images" / "im2.jpg")]))
+    exec("import mlic\n" + code, {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("['baby', 'bird'") and printed[-1].startswith("[[")
