@@ -82,7 +82,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
-        log_with=make_trackers(cfg, resumable=latest_checkpoint(Path(cfg.run.output_dir) / "checkpoints") is not None),
+        # run.trackers=[]: None, or accelerate warns that no tracker is installed
+        log_with=make_trackers(cfg, resumable=latest_checkpoint(Path(cfg.run.output_dir) / "checkpoints") is not None) or None,
         project_config=ProjectConfiguration(project_dir=cfg.run.output_dir, logging_dir=cfg.run.output_dir),
         kwargs_handlers=handlers,
         step_scheduler_with_optimizer=False,  # the schedule's unit (epoch or step) is ours, whatever the world size

@@ -40,11 +40,16 @@ def _overrides(name, tmp):
 
 
 @pytest.fixture(scope="module")
-def images(demo_dir, tmp_path_factory):
+def images(tmp_path_factory):
+    """The first validation images of the runs below (the demo corpus of 300, the run's own split), as
+    im1.jpg ... in image-number order, as predict writes its rows."""
+    from mlic.data.pipeline import load_split
+
+    dataset, _, val_rows = load_split(load_config(REPO / "configs" / "demo.yaml", TINY))
     folder = tmp_path_factory.mktemp("predict") / "images"
     folder.mkdir()
-    for n in range(1, IMAGES + 1):  # im1.jpg ... in image-number order, as predict writes its rows
-        shutil.copy(demo_dir / "images" / f"im{n}.jpg", folder / f"im{n}.jpg")
+    for n, row in enumerate(val_rows[:IMAGES], start=1):
+        shutil.copy(dataset.decode.paths[row], folder / f"im{n}.jpg")
     return folder
 
 
