@@ -42,7 +42,7 @@ from mlic.metrics import (
 from mlic.models import architecture
 from mlic.preemption import StopSignal, any_rank
 from mlic.run_lock import RunFolderLock
-from mlic.run_log import log_epoch, log_step, publish, start_run_folder, trim_metrics
+from mlic.run_log import log_epoch, log_step, publish, start_run_folder, start_tracking, trim_metrics
 from mlic.run_state import RunState, latest_checkpoint
 from mlic.seeding import mix_seed
 from mlic.selection import check_select_metric, chosen_split
@@ -65,6 +65,7 @@ def fit(cfg: Config) -> dict[str, dict]:
         run = build_run(cfg, accelerator)
         start_run_folder(run)
         state = resume(run)
+        start_tracking(run, state.epoch - 1, state.global_step)
         while state.epoch <= cfg.train.epochs:
             train = train_one_epoch(run, state, stop)
             if train.stopped:
@@ -333,6 +334,7 @@ def resume(run: Run) -> RunState:
     acc, cfg = run.accelerator, run.cfg.train
     found = RunState.resume(acc, run.out / "checkpoints", run.identity)
     if found is None:
+        trim_metrics(run, 0)  # lines of an earlier run whose checkpoints are gone: this one writes its own
         return RunState(world_size=acc.num_processes)
     state, path = found
     run.data.sampler.load_state_dict(state.sampler)
@@ -349,7 +351,6 @@ def resume(run: Run) -> RunState:
     acc.print(f"resumed from {path} (epoch {state.epoch}, sample {state.samples_in_epoch} of its global order: "
               f"step {state.step_in_epoch} at {acc.num_processes} process(es))")
     trim_metrics(run, state.epoch - 1)
-    publish(run, state.epoch - 1, state.global_step)  # a kill after the checkpoint but before its publishing
     return state
 
 

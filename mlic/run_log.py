@@ -21,7 +21,7 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def start_run_folder(run: Run) -> None:
-    """The resolved config, TensorBoard, and the data figures once per run folder."""
+    """The resolved config; then `resume`, then `start_tracking`."""
     acc, data = run.accelerator, run.data
     hosts = sorted(set(gather_object([socket.gethostname()])))  # the machines this run spans
     if acc.is_main_process:
@@ -31,9 +31,16 @@ def start_run_folder(run: Run) -> None:
                       hosts=hosts, mixed_precision=acc.mixed_precision, distributed_type=acc.distributed_type.value,
                       label_names=data.dataset.label_names, train_images=len(data.train), val_images=len(data.val),
                       cached=data.cached)
-    run.tracking = Publisher(acc, run.out)
+
+
+def start_tracking(run: Run, epochs_done: int, global_step: int) -> None:
+    """After the resume (a checkpoint that cannot be resumed has stopped the run before any tracker run
+    was opened): start the trackers, publish what the resumed checkpoint covers and a killed start did
+    not publish, and draw the data figures once per run folder."""
+    run.tracking = Publisher(run.accelerator, run.out, global_step)
     run.tracking.start(_flat_hparams(run.cfg))
-    if acc.is_main_process and not (run.out / "figures").exists():
+    publish(run, epochs_done, global_step)
+    if run.accelerator.is_main_process and not (run.out / "figures").exists():
         _data_figures(run)
 
 

@@ -6,8 +6,9 @@ W&B run id, resumed with `resume="allow"`) and what has been published. Tracker 
 back (MLflow has no delete), so nothing reaches a tracker before the checkpoint that covers it is saved:
 an epoch's metrics are published after its checkpoint, step losses after the next checkpoint (a run
 killed in between trains those steps again and logs them then, once). A kill between a checkpoint and
-`trackers.json` is mended on resume: the epochs the checkpoint covers that were not published yet are
-read back from metrics.jsonl. TensorBoard, which overlays a rewritten step, also gets step losses live.
+`trackers.json` is mended on resume: what the checkpoint covers and was not published yet is read back
+from metrics.jsonl (epochs) and `RUN/steps.jsonl` (step losses, trimmed to the checkpoint like
+metrics.jsonl). TensorBoard, which overlays a rewritten step, also gets step losses live.
 """
 
 from __future__ import annotations
@@ -25,15 +26,34 @@ from mlic.config import Config
 from mlic.errors import ConfigError
 
 STATE_FILE = "trackers.json"
+STEPS_FILE = "steps.jsonl"  # the step logs (train.log_every), main process, one JSON line per logged step
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the module it needs (pip install 'mlic[NAME]')
 
 
 def check_trackers(cfg: Config) -> None:
-    """Before any data is read: a chosen tracker whose library is missing is a config error."""
+    """Before any data is read: a chosen tracker whose library is missing, or an MLflow store it cannot
+    use, is a config error."""
     for name in cfg.run.trackers:
         if name in EXTRAS and importlib.util.find_spec(EXTRAS[name]) is None:
             raise ConfigError(f"config key 'run.trackers': {name} is not installed; pip install 'mlic[{name}]' "
                               f"(or leave it out of run.trackers)")
+    if "mlflow" in cfg.run.trackers:
+        _check_mlflow_store()
+
+
+def _check_mlflow_store() -> None:
+    """MLflow opens its store lazily, inside the first run: its refusals (a plain folder without
+    MLFLOW_ALLOW_FILE_STORE, the default sqlite store without the full mlflow package) would come after
+    the data and model are built. The client builds the store at once, and contacts no server."""
+    import mlflow
+
+    try:
+        mlflow.MlflowClient()
+    except Exception as exc:  # mlflow raises its own exception types, and ImportError for a missing driver
+        raise ConfigError(
+            f"config key 'run.trackers': MLflow cannot use its store {mlflow.get_tracking_uri()!r}: "
+            f"{str(exc).splitlines()[0]} Set MLFLOW_TRACKING_URI to a tracking server (http://...), or to file:PATH "
+            "with MLFLOW_ALLOW_FILE_STORE=true, or pip install mlflow for its local database") from None
 
 
 def read_state(out: Path) -> dict[str, Any]:
@@ -47,14 +67,23 @@ def write_state(out: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, out / STATE_FILE)
 
 
-def make_trackers(cfg: Config, resumable: bool) -> list[GeneralTracker]:
-    """The trackers of `cfg.run.trackers`, continuing the run folder's tracker runs when there is a
-    checkpoint to resume (`resumable`) or nothing was published yet; a run folder whose checkpoints
-    were deleted starts new tracker runs, since its old ones already hold the epochs it will redo."""
-    out = Path(cfg.run.output_dir)
+def tracker_state(out: Path, resumable: bool) -> dict[str, Any]:
+    """RUN/trackers.json as this start continues it: as saved when there is a checkpoint to resume
+    (`resumable`); otherwise the tracker run ids only if nothing was published (a first start killed
+    before its first checkpoint), else nothing: a run folder whose checkpoints were deleted starts new
+    tracker runs, since its old ones already hold the epochs it will train again."""
     saved = read_state(out)
-    if not resumable and (saved.get("epoch") or saved.get("step")):
-        saved = {}
+    if resumable:
+        return saved
+    if saved.get("epoch") or saved.get("step"):
+        return {}
+    return {k: v for k, v in saved.items() if k in EXTRAS}
+
+
+def make_trackers(cfg: Config, resumable: bool) -> list[GeneralTracker]:
+    """The trackers of `cfg.run.trackers`, continuing the run folder's tracker runs (`tracker_state`)."""
+    out = Path(cfg.run.output_dir)
+    saved = tracker_state(out, resumable)
     name = out.resolve().name
     trackers: list[GeneralTracker] = []
     for kind in dict.fromkeys(cfg.run.trackers):  # each once
@@ -73,12 +102,16 @@ class Publisher:
     """The run's side of the trackers (main process): config once, step losses and epoch metrics only
     behind a saved checkpoint."""
 
-    def __init__(self, accelerator, out: Path):
+    def __init__(self, accelerator, out: Path, resumed_step: int):
+        """`resumed_step`: the global step of the checkpoint this start resumed (0: a fresh start)."""
         self.acc, self.out = accelerator, out
         self.pending: list[tuple[int, dict[str, float]]] = []  # step logs waiting for a checkpoint
-        self.state = read_state(out) if accelerator.is_main_process else {}
+        self.state = tracker_state(out, resumed_step > 0) if accelerator.is_main_process else {}
+        if accelerator.is_main_process:
+            self.pending = _trim_steps(out / STEPS_FILE, resumed_step, after=self.state.get("step", 0))
 
     def start(self, config: dict[str, Any]) -> None:
+        """Every rank calls this (accelerate starts the trackers on the main process only)."""
         self.acc.init_trackers("mlic")  # the project names are set on the trackers themselves
         if not self.acc.is_main_process:
             return
@@ -100,6 +133,8 @@ class Publisher:
         for tracker in self.acc.trackers:
             if tracker.name == "tensorboard":
                 tracker.log(values, step=step)
+        with (self.out / STEPS_FILE).open("a") as fh:  # a kill before the next checkpoint loses no step
+            fh.write(json.dumps({"step": step, **values}) + "\n")
         self.pending.append((step, values))
 
     def checkpoint_saved(self, epochs_done: int, global_step: int, lines: list[dict[str, Any]]) -> None:
@@ -138,6 +173,17 @@ def epoch_scalars(line: dict[str, Any]) -> dict[str, float]:
     if "lr" in line:
         scalars["lr"] = line["lr"]
     return scalars
+
+
+def _trim_steps(path: Path, resumed_step: int, after: int) -> list[tuple[int, dict[str, float]]]:
+    """Keep the step logs up to the resumed checkpoint (the steps after it are trained and logged again)
+    and return those after `after` (the last published step): logged, covered, not yet published."""
+    if not path.exists():
+        return []
+    lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [x for x in lines if x["step"] <= resumed_step]
+    path.write_text("".join(json.dumps(x) + "\n" for x in kept))
+    return [(x.pop("step"), x) for x in kept if x["step"] > after]
 
 
 def _store_mlflow_params(tracker: MLflowTracker, config: dict[str, Any]) -> None:

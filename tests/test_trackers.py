@@ -42,7 +42,9 @@ def _expected(run: Path) -> dict[tuple[str, int], float]:
 @pytest.mark.multiprocess
 def test_a_killed_two_process_run_continues_its_mlflow_and_wandb_runs(tmp_path, monkeypatch):
     env, run = _env(tmp_path), tmp_path / "run"
-    killed = _train(run, env, fault="publish:2")  # both ranks die after epoch 2's checkpoint, before publishing it
+    # publish passes: the start, epoch 1's checkpoint, epoch 2's: both ranks die after that checkpoint, before
+    # publishing it
+    killed = _train(run, env, fault="publish:3")
     assert killed.returncode != 0
     assert json.loads((run / "trackers.json").read_text())["epoch"] == 1
     done = _train(run, env)
@@ -65,8 +67,9 @@ def test_a_killed_two_process_run_continues_its_mlflow_and_wandb_runs(tmp_path, 
         assert [s for s, _ in history] == [1, 2, 3], key  # each epoch once: none lost, none twice
         for step, value in history:
             assert value == pytest.approx(expected[key, step], rel=1e-6), (key, step)
-    steps = [m.step for m in client.get_metric_history(ids["mlflow"], "step/loss")]
-    assert len(steps) == len(set(steps)) and max(steps) == ids["step"]
+    final_step = int(sorted((run / "checkpoints").glob("epoch*"))[-1].name.split("step")[1])
+    steps = sorted(m.step for m in client.get_metric_history(ids["mlflow"], "step/loss"))
+    assert steps == list(range(2, final_step + 1, 2))  # every logged step once, those of the kill's window too
 
     folders = sorted((run / "wandb").glob(f"offline-run-*-{ids['wandb']}"))
     assert len(folders) == 2  # one W&B run id, a folder per start (wandb sync joins them)
@@ -77,6 +80,33 @@ def test_a_killed_two_process_run_continues_its_mlflow_and_wandb_runs(tmp_path, 
         assert row["val/mAP"] == pytest.approx(expected["val/mAP", int(row["epoch"])], rel=1e-6)
     config = {k: v for folder in folders for k, v in _wandb_records(folder / f"run-{ids['wandb']}.wandb", "config")}
     assert json.loads(config["train.epochs"]) == 3
+
+
+def test_a_run_folder_whose_checkpoints_were_deleted_starts_a_new_mlflow_run(tmp_path, monkeypatch):
+    """Its old MLflow run already holds epoch 1: the new start opens another one and publishes its epoch 1
+    there, and metrics.jsonl keeps only the new start's lines."""
+    import shutil
+
+    import mlflow
+
+    from mlic.engine import fit
+
+    for key, value in _env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    run = tmp_path / "run"
+    overrides = ["data.demo_images=100", "train.epochs=1", "train.max_steps_per_epoch=2", "train.log_every=1",
+                 "run.progress=false", "run.trackers=[mlflow]", "run.tracker_project=fresh", f"run.output_dir={run}"]
+    fit(load_config(REPO / "configs" / "demo.yaml", overrides))
+    first = json.loads((run / "trackers.json").read_text())["mlflow"]
+    shutil.rmtree(run / "checkpoints")
+    fit(load_config(REPO / "configs" / "demo.yaml", overrides))
+    second = json.loads((run / "trackers.json").read_text())
+    assert second["mlflow"] != first and second["epoch"] == 1
+    client = mlflow.MlflowClient()
+    for run_id in (first, second["mlflow"]):
+        assert [m.step for m in client.get_metric_history(run_id, "val/mAP")] == [1]
+        assert sorted(m.step for m in client.get_metric_history(run_id, "step/loss")) == [1, 2]
+    assert [x["epoch"] for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 1]
 
 
 def test_a_run_folder_without_checkpoints_starts_new_tracker_runs(tmp_path):
@@ -161,3 +191,16 @@ def _wandb_records(path: Path, kind: str, flat: bool = True):
                          (body.item if kind == "history" else body.update)]
                 found.extend(items) if flat else found.append(items)
     return found
+
+
+def test_an_unusable_mlflow_store_is_a_config_error_before_anything_loads(tmp_path, monkeypatch):
+    """MLflow 3 refuses a plain folder unless asked to keep it: said at once, naming what to set."""
+    from mlic.engine import fit
+    from mlic.errors import ConfigError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"run.output_dir={tmp_path / 'run'}", "run.trackers=[mlflow]"])
+    with pytest.raises(ConfigError, match="MLFLOW_ALLOW_FILE_STORE=true"):
+        fit(cfg)
+    assert not (tmp_path / "run").exists()
