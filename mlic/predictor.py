@@ -77,7 +77,7 @@ class Predictor:
         items = _as_list(images)
         size = batch_size or self.batch_size
         probs = np.zeros((len(items), len(self.label_names)), dtype=np.float32)
-        with ThreadPoolExecutor(self.workers) as pool:  # decoding and resizing release the GIL
+        with ThreadPoolExecutor(max(1, self.workers)) as pool:  # decoding and resizing release the GIL
             for start in range(0, len(items), size):
                 chunk = list(pool.map(self.prepare, items[start:start + size]))
                 probs[start:start + len(chunk)] = self._forward(torch.stack(chunk))
@@ -104,7 +104,7 @@ class Predictor:
             return decode_image(image, self.settings).image
         if isinstance(image, Image.Image):
             return decoded_rgb(image, self.settings)
-        array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         if array.dtype != np.uint8:
             raise MlicError(f"an image tensor or array must be uint8 (0-255), not {array.dtype}")
         if isinstance(image, torch.Tensor):  # torchvision's layout: channels first

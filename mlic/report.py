@@ -232,7 +232,9 @@ def draw_data_figures(doc: dict, data_root: str | None) -> dict:
     dataset, train_idx, _ = load_split(cfg)
     labels = dataset.labels.take(train_idx)
     order = np.asarray(list(build_sampler(cfg, labels, dataset.label_names)))
-    return data_figures(labels, dataset.label_names, order, pos_weight(labels, cfg.loss.pos_weight_clip))
+    # the run's own weights: the loss's (clipped) with pos_weight auto, else the plain ratio (run_log)
+    weights = pos_weight(labels, cfg.loss.pos_weight_clip) if cfg.loss.pos_weight == "auto" else pos_weight(labels)
+    return data_figures(labels, dataset.label_names, order, weights.numpy())
 
 
 def page(title: str, run_dir: Path, meta: dict, sections: list[tuple[str, str, str]]) -> str:
