@@ -37,6 +37,19 @@ def demo_dir(tmp_path_factory) -> Path:
     return write_demo_data(tmp_path_factory.mktemp("demo") / "demo", images=300, seed=0)
 
 
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory) -> Path:
+    """A run folder of the shipped demo config (300 images, 2 epochs), shared by the tests that only read a
+    finished run: evaluate, predict, analyze, report, load_model. None of them changes what another reads."""
+    from mlic.config import load_config
+    from mlic.engine import fit
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    fit(load_config(REPO / "configs" / "demo.yaml", ["data.demo_images=300", "train.batch_size=16", "train.epochs=2",
+                                                     "run.progress=false", f"run.output_dir={run}"]))
+    return run
+
+
 @pytest.fixture
 def demo_copy(demo_dir, tmp_path) -> Path:
     """A private copy to damage."""

@@ -8,21 +8,14 @@ import pytest
 from PIL import Image
 
 from mlic.cli import main
-from mlic.config import load_config
 from mlic.data.datasets import load_helsinki
 from mlic.data.demo import LABELS
 from mlic.metrics import compute_metrics
-from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from mlic.engine import fit
-
-    run = tmp_path_factory.mktemp("trained") / "run"
-    fit(load_config(REPO / "configs" / "demo.yaml", ["data.demo_images=300", "train.batch_size=16", "train.epochs=2",
-                                                     f"run.output_dir={run}"]))
-    return run
+def trained(trained_demo):
+    return trained_demo
 
 
 def test_evaluate_reproduces_the_runs_val_line(trained, tmp_path, capsys):

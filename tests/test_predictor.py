@@ -10,20 +10,14 @@ import torch
 from PIL import Image
 
 import mlic
-from mlic.config import load_config
 from mlic.errors import DataError, MlicError
 from mlic.inference import evaluate_model
 from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from mlic.engine import fit
-
-    run = tmp_path_factory.mktemp("predictor") / "run"
-    fit(load_config(REPO / "configs" / "demo.yaml", ["data.demo_images=300", "train.batch_size=16", "train.epochs=1",
-                                                     "run.progress=false", f"run.output_dir={run}"]))
-    return run
+def trained(trained_demo):
+    return trained_demo
 
 
 def test_paths_pil_images_and_tensors_predict_alike_and_as_evaluate_does(trained):

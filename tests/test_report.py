@@ -16,10 +16,8 @@ import yaml
 from PIL import Image
 
 from mlic.cli import main
-from mlic.config import load_config
 from mlic.data.demo import LABELS
 from mlic.report import FIGURE_LABELS, config_html, data_figures_html, per_label_html, shown_labels
-from tests.conftest import REPO
 
 BROWSER_TIMEOUT = 90
 
@@ -37,12 +35,8 @@ def browser() -> str:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    from mlic.engine import fit
-
-    run = tmp_path_factory.mktemp("report") / "run"
-    fit(load_config(REPO / "configs" / "demo.yaml", ["data.demo_images=300", "train.batch_size=16", "train.epochs=2",
-                                                     f"run.output_dir={run}"]))
+def report(trained_demo) -> Path:
+    run = trained_demo
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         assert main(["report", str(run)]) == 0
     assert printed.getvalue().strip() == str(run / "report.html")  # the command prints the page's path
