@@ -76,3 +76,15 @@ def test_the_readme_example_runs(trained, demo_dir, capsys):
     exec("import mlic\n" + code, {})
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("['baby', 'bird'") and printed[-1].startswith("[[")
+
+
+@pytest.mark.gpu
+def test_on_the_gpu_by_default_and_as_on_the_cpu(trained):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    images = [torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+              for i in range(5)]
+    gpu = mlic.load_model(trained / "model")
+    assert gpu.device.type == "cuda"
+    cpu = mlic.load_model(trained / "model", device="cpu")
+    np.testing.assert_allclose(gpu.predict(images).probabilities, cpu.predict(images).probabilities, atol=1e-4)
