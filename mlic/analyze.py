@@ -12,8 +12,10 @@ import numpy as np
 import yaml
 from sklearn.metrics import multilabel_confusion_matrix, precision_recall_curve
 
+from mlic.config import Config
 from mlic.export import META
 from mlic.figures import data_figures, plt, save_figures
+from mlic.jsonl import read_jsonl
 
 
 def confusion_figure(targets, probs, thresholds, names):
@@ -85,31 +87,38 @@ def curves_figure(lines: list[dict]):
     return fig
 
 
-def analyze(run_dir: Path, data_root: str | None = None, examples: int = 8) -> list[Path]:
-    """Write every figure to RUN/analysis/ (and RUN/tensorboard); returns the PNG paths."""
-    from torch.utils.tensorboard import SummaryWriter
-
+def run_data_figures(run_dir: Path, data_root: str | None = None) -> tuple[dict, Config]:
+    """Figures 1-3 of a run folder drawn again from its config.yaml, and that config: the training split,
+    one epoch of its sampler, and the class weights its loss used (the clipped `pos_weight` with
+    `loss.pos_weight: auto`, else the plain ratio), as the run draws them at its start."""
     from mlic.config import config_from_dict
     from mlic.data.pipeline import build_sampler, load_split
-    from mlic.inference import evaluate_model
     from mlic.losses import pos_weight
 
     cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     if data_root is not None:
         cfg.data.root = data_root
     dataset, train_idx, _ = load_split(cfg)
-    train_labels = dataset.labels.take(train_idx)
-    order = np.asarray(list(build_sampler(cfg, train_labels, dataset.label_names)))
-    figures = data_figures(train_labels, dataset.label_names, order,
-                           pos_weight(train_labels, cfg.loss.pos_weight_clip))
+    labels = dataset.labels.take(train_idx)
+    order = np.asarray(list(build_sampler(cfg, labels, dataset.label_names)))
+    weights = pos_weight(labels, cfg.loss.pos_weight_clip) if cfg.loss.pos_weight == "auto" else pos_weight(labels)
+    return data_figures(labels, dataset.label_names, order, weights.numpy()), cfg
+
+
+def analyze(run_dir: Path, data_root: str | None = None, examples: int = 8) -> list[Path]:
+    """Write every figure to RUN/analysis/ (and RUN/tensorboard); returns the PNG paths."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from mlic.inference import evaluate_model
+
+    figures, cfg = run_data_figures(run_dir, data_root)
     _, _, probs, targets, dataset, val_rows = evaluate_model(str(run_dir / "model"), cfg.data.root, "val")
     meta = json.loads((run_dir / "model" / META).read_text())
     thresholds = np.asarray(meta["thresholds"])
     names = meta["label_names"]
     figures["confusion_matrices"] = confusion_figure(targets, probs, thresholds, names)
     figures["pr_curves"] = pr_figure(targets, probs, names)
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    figures["training_curves"] = curves_figure(lines)
+    figures["training_curves"] = curves_figure(read_jsonl(run_dir / "metrics.jsonl"))
     for c, name in enumerate(names):
         figures[f"errors_{name}"] = errors_figure(dataset, val_rows, targets, probs, thresholds[c], c, name, examples)
     writer = SummaryWriter(str(run_dir / "tensorboard"))

@@ -18,9 +18,10 @@ import numpy as np
 import yaml
 from matplotlib.ticker import MaxNLocator
 
-from mlic.analyze import confusion_figure, errors_figure, pr_figure
+from mlic.analyze import confusion_figure, errors_figure, pr_figure, run_data_figures
 from mlic.export import META
 from mlic.figures import plt
+from mlic.jsonl import read_jsonl
 from mlic.run_log import METRICS_FILE
 
 DATA_FIGURES = {
@@ -72,7 +73,7 @@ def write_report(run_dir: Path, data_root: str | None = None) -> Path:
         ("curves", "Training curves", curves_html(run_dir / METRICS_FILE)),
         ("results", "Validation results (exported model, tuned thresholds)",
          summary_html(summary, meta) + per_label_html(per_label, thresholds)),
-        ("data", "Data (Figures 1-3)", data_figures_html(run_dir, doc, data_root)),
+        ("data", "Data (Figures 1-3)", data_figures_html(run_dir, data_root)),
         ("errors", "Error analysis (Figures 7-11)", _subset_note(len(shown), len(per_label))
          + figure_html(confusion_figure(targets[:, shown], probs[:, shown], thresholds[shown], names),
                        "Figure 7: confusion matrix per label (validation split, tuned thresholds)")
@@ -141,10 +142,6 @@ def config_html(doc: dict) -> str:
     return "".join(parts)
 
 
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def curves_figure(lines: list[dict]):
     """Loss, macro-F1 and mAP per epoch for every split the run logged (train, val and val_ema with EMA)."""
     splits = list(dict.fromkeys(x["split"] for x in lines))
@@ -163,7 +160,7 @@ def curves_figure(lines: list[dict]):
 
 
 def curves_html(path: Path) -> str:
-    lines = read_metrics(path)
+    lines = read_jsonl(path)
     if not lines:
         return f'<p class="note">No training curves: {html.escape(str(path))} is missing or empty.</p>'
     return figure_html(curves_figure(lines), f"Training curves ({len(lines)} lines of {path.name})")
@@ -205,7 +202,7 @@ def per_label_html(per_label: list[dict], thresholds: np.ndarray) -> str:
             f'{head}</tr></thead><tbody>{"".join(body)}</tbody></table>\n')
 
 
-def data_figures_html(run_dir: Path, doc: dict, data_root: str | None) -> str:
+def data_figures_html(run_dir: Path, data_root: str | None) -> str:
     """Figures 1-3 as the run drew them at its start (RUN/figures), else as `mlic analyze` wrote them, else
     drawn now from the run's data."""
     found = {}
@@ -215,26 +212,8 @@ def data_figures_html(run_dir: Path, doc: dict, data_root: str | None) -> str:
                 found[stem] = run_dir / folder / f"{stem}.png"
                 break
     if len(found) < len(DATA_FIGURES):
-        found = draw_data_figures(doc, data_root)
+        found, _ = run_data_figures(run_dir, data_root)
     return "".join(figure_html(found[stem], caption) for stem, caption in DATA_FIGURES.items())
-
-
-def draw_data_figures(doc: dict, data_root: str | None) -> dict:
-    """Figures 1-3 from the run's config, for a run folder without them (as `mlic analyze` draws them)."""
-    from mlic.config import config_from_dict
-    from mlic.data.pipeline import build_sampler, load_split
-    from mlic.figures import data_figures
-    from mlic.losses import pos_weight
-
-    cfg = config_from_dict(doc)
-    if data_root is not None:
-        cfg.data.root = data_root
-    dataset, train_idx, _ = load_split(cfg)
-    labels = dataset.labels.take(train_idx)
-    order = np.asarray(list(build_sampler(cfg, labels, dataset.label_names)))
-    # the run's own weights: the loss's (clipped) with pos_weight auto, else the plain ratio (run_log)
-    weights = pos_weight(labels, cfg.loss.pos_weight_clip) if cfg.loss.pos_weight == "auto" else pos_weight(labels)
-    return data_figures(labels, dataset.label_names, order, weights.numpy())
 
 
 def page(title: str, run_dir: Path, meta: dict, sections: list[tuple[str, str, str]]) -> str:

@@ -15,6 +15,7 @@ from mlic import faults
 from mlic.build import Run
 from mlic.config import Config, save_resolved
 from mlic.export import recover_export
+from mlic.jsonl import trim_jsonl
 from mlic.trackers import Publisher
 
 METRICS_FILE = "metrics.jsonl"
@@ -46,10 +47,8 @@ def start_tracking(run: Run, epochs_done: int, global_step: int) -> None:
 
 def trim_metrics(run: Run, last_epoch: int) -> None:
     """On resume, drop lines of epochs after the checkpoint (they will be written again)."""
-    path = run.out / METRICS_FILE
-    if run.accelerator.is_main_process and path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= last_epoch]
-        path.write_text("".join(ln + "\n" for ln in lines))
+    if run.accelerator.is_main_process:
+        trim_jsonl(run.out / METRICS_FILE, "epoch", last_epoch)
 
 
 def log_epoch(run: Run, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
@@ -81,10 +80,7 @@ def log_step(run: Run, step: int, loss: torch.Tensor) -> None:
 def publish(run: Run, epochs_done: int, global_step: int) -> None:
     """After a checkpoint: hand the trackers what it covers (see `mlic.trackers`)."""
     faults.kill_point("publish")  # checkpoint saved, trackers not told: the resume publishes it
-    if run.accelerator.is_main_process:
-        path = run.out / METRICS_FILE
-        lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
-        run.tracking.checkpoint_saved(epochs_done, global_step, lines)
+    run.tracking.checkpoint_saved(epochs_done, global_step, run.out / METRICS_FILE)
 
 
 def current_lr(run: Run) -> float:

@@ -24,6 +24,7 @@ from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracke
 
 from mlic.config import Config
 from mlic.errors import ConfigError
+from mlic.jsonl import read_jsonl, trim_jsonl
 
 STATE_FILE = "trackers.json"
 STEPS_FILE = "steps.jsonl"  # the step logs (train.log_every), main process, one JSON line per logged step
@@ -137,11 +138,13 @@ class Publisher:
             fh.write(json.dumps({"step": step, **values}) + "\n")
         self.pending.append((step, values))
 
-    def checkpoint_saved(self, epochs_done: int, global_step: int, lines: list[dict[str, Any]]) -> None:
+    def checkpoint_saved(self, epochs_done: int, global_step: int, metrics: Path) -> None:
         """Publish what the checkpoint at (`epochs_done` whole epochs, `global_step`) covers and was not
-        published: the pending step logs, then the metrics.jsonl `lines` of the epochs it completes."""
+        published: the pending step logs, then the lines of `metrics` (metrics.jsonl) of the epochs it
+        completes, read only when it completes one."""
         if not self.acc.is_main_process:
             return
+        lines = read_jsonl(metrics) if epochs_done > self.state.get("epoch", 0) else []
         steps = [(s, v) for s, v in self.pending if self.state.get("step", 0) < s <= global_step]
         self.pending = [(s, v) for s, v in self.pending if s > global_step]
         for step, values in steps:
@@ -178,11 +181,7 @@ def epoch_scalars(line: dict[str, Any]) -> dict[str, float]:
 def _trim_steps(path: Path, resumed_step: int, after: int) -> list[tuple[int, dict[str, float]]]:
     """Keep the step logs up to the resumed checkpoint (the steps after it are trained and logged again)
     and return those after `after` (the last published step): logged, covered, not yet published."""
-    if not path.exists():
-        return []
-    lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [x for x in lines if x["step"] <= resumed_step]
-    path.write_text("".join(json.dumps(x) + "\n" for x in kept))
+    kept = trim_jsonl(path, "step", resumed_step)
     return [(x.pop("step"), x) for x in kept if x["step"] > after]
 
 
