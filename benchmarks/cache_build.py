@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=cache.default_workers())
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="mlic-cache-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="mlic-cache-bench-")  # removed at exit: data, caches, runs (GBs)
+    tmp = Path(scratch.name)
     root = write_demo_data(tmp / "data", args.images, seed=0)
     if args.image_side:
         for file in (root / "images").iterdir():

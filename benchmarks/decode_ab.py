@@ -34,7 +34,8 @@ def main() -> None:
     old = importlib.util.module_from_spec(spec)
     sys.modules["old_datasets"] = old
     spec.loader.exec_module(old)
-    root = write_demo_data(Path(tempfile.mkdtemp(prefix="mlic-bench-")) / "data", args.images, seed=0)
+    scratch = tempfile.TemporaryDirectory(prefix="mlic-bench-")  # removed at exit
+    root = write_demo_data(Path(scratch.name) / "data", args.images, seed=0)
     files = [p for p in sorted((root / "images").iterdir()) if Image.open(p).mode == "RGB"]
     settings = DecodeSettings.from_config()
 

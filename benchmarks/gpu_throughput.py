@@ -109,7 +109,8 @@ def main() -> None:
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
-    tmp = Path(tempfile.mkdtemp(prefix="mlic-gpu-"))
+    scratch = tempfile.TemporaryDirectory(prefix="mlic-gpu-")  # removed at exit: data, caches, runs (GBs)
+    tmp = Path(scratch.name)
     ds = load_helsinki(write_demo_data(tmp / "data", max(2000, args.batch * 4), seed=0))
     data = CachedImages(build_cache(ds, 128, tmp / "cache", workers=8), ds.targets)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True,

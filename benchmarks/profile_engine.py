@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    tmp = Path(tempfile.mkdtemp(prefix="mlic-profile-"))
+    scratch = tempfile.TemporaryDirectory(prefix="mlic-profile-")  # removed at exit: data, caches, runs (GBs)
+    tmp = Path(scratch.name)
     root = write_demo_data(tmp / "data", 2000, seed=0)
 
     def cfg(out: str, epochs: int):

@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--backend", default="inductor", help="inductor (what users get) or eager (no C++ compiler needed)")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="mlic-recompiles-"))
+    scratch = tempfile.TemporaryDirectory(prefix="mlic-recompiles-")  # removed at exit: data, caches, runs (GBs)
+    tmp = Path(scratch.name)
     per_epoch: list[int] = []
     original_compile, original_evaluate = torch.compile, engine.evaluate
 
