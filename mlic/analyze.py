@@ -119,10 +119,13 @@ def analyze(run_dir: Path, data_root: str | None = None, examples: int = 8) -> l
     figures["confusion_matrices"] = confusion_figure(targets, probs, thresholds, names)
     figures["pr_curves"] = pr_figure(targets, probs, names)
     figures["training_curves"] = curves_figure(read_jsonl(run_dir / "metrics.jsonl"))
-    for c, name in enumerate(names):
-        figures[f"errors_{name}"] = errors_figure(dataset, val_rows, targets, probs, thresholds[c], c, name, examples)
+    out, step = run_dir / "analysis", int(meta["epoch"])
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     try:
-        return save_figures(figures, run_dir / "analysis", writer, step=int(meta["epoch"]))
+        paths = save_figures(figures, out, writer, step)
+        for c, name in enumerate(names):  # one label's figure open at a time, however many labels
+            figure = errors_figure(dataset, val_rows, targets, probs, thresholds[c], c, name, examples)
+            paths += save_figures({f"errors_{name}": figure}, out, writer, step)
+        return paths
     finally:
         writer.close()
