@@ -26,6 +26,13 @@ def _isolated_caches(tmp_path_factory):
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        # pytest-xdist: torch was imported before OMP_NUM_THREADS was set, and each worker's in-process trainings
+        # would take every core; on 2 cores, two workers of 2 threads each ran those tests 2.5-4x slower.
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     yield
 
 
@@ -89,8 +96,11 @@ def assert_same_run(a: Path, b: Path, epochs: list[int]) -> None:
 
 def pytest_runtest_logreport(report):
     """With MLIC_CLUSTER_RECORD=FILE, one line per cluster test that ran ("NODEID passed|failed"), so that
-    .ci/run can check the real-cluster tests executed instead of being skipped."""
+    .ci/run can check the real-cluster tests executed instead of being skipped. Under pytest-xdist the hook
+    runs in the worker and again in the controller: only the controller writes."""
     record = os.environ.get("MLIC_CLUSTER_RECORD")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if record and report.when == "call" and "cluster" in report.keywords:
         with open(record, "a") as fh:
             fh.write(f"{report.nodeid} {report.outcome}\n")

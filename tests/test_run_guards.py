@@ -30,7 +30,7 @@ def test_a_launch_whose_processes_would_train_alone_stops_with_one_line(tmp_path
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"
     start = time.time()
-    done = subprocess.run(_launch_two(tmp_path / "run", 29551, env), cwd=REPO, env=env, capture_output=True,
+    done = subprocess.run(_launch_two(tmp_path / "run", 29561, env), cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: the launcher started 2 processes")]
@@ -56,7 +56,7 @@ def test_a_second_run_on_a_live_run_folder_exits_1_and_a_dead_ones_folder_is_tak
             f"error: run folder {run} is in use by another live run (pid {first.pid} on {os.uname().nodename}); "
             "wait for it, stop it, or use another run.output_dir"]
         # two ranks: both learn it from rank 0 (no rank waits in a barrier), one line is printed
-        two = run_cmd(_launch_two(run, 29552, {}), timeout=300, env={"ACCELERATE_USE_CPU": "true"})
+        two = run_cmd(_launch_two(run, 29562, {}), timeout=300, env={"ACCELERATE_USE_CPU": "true"})
         assert two.returncode != 0
         assert two.stderr.count("is in use by another live run") == 1, two.stderr[-3000:]
         assert first.poll() is None  # the live run was left alone
