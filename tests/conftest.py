@@ -32,7 +32,7 @@ def _isolated_caches(tmp_path_factory):
         # would take every core; on 2 cores, two workers of 2 threads each ran those tests 2.5-4x slower.
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))  # the cores this job may use
     yield
 
 

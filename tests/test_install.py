@@ -31,7 +31,8 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A venv holding a non-editable install of this checkout; its bin folder and an environment for it."""
     root = tmp_path_factory.mktemp("install")
     src = Path(shutil.copytree(REPO, root / "src", symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "runs", "logs", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".cache")))
+        ".git", ".venv", "runs", "logs", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".cache",
+        ".hypothesis")))  # another xdist worker may be renaming files in .hypothesis
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
     bin_dir = root / "venv" / "bin"
     site = Path(subprocess.run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],

@@ -1,5 +1,4 @@
 import random
-import time
 
 import numpy as np
 import pytest
@@ -198,18 +197,16 @@ def test_least_sampled_each_draw_is_a_class_at_the_minimum_count():
     assert counts.min() > 0
 
 
-def test_least_sampled_at_2000_sparse_labels_is_fast():
+def test_least_sampled_at_2000_sparse_labels_keeps_the_rare_ones_level():
+    """Its speed is measured by benchmarks/scale.py, not here."""
     rng = np.random.default_rng(0)
     n, c, per_image = 50_000, 2000, 4
     zipf = 1 / np.arange(1, c + 1)
     rows = np.concatenate([np.repeat(np.arange(n), per_image), rng.integers(n, size=c)])
     cols = np.concatenate([rng.choice(c, n * per_image, p=zipf / zipf.sum()), np.arange(c)])
     labels = LabelMatrix.from_pairs(rows, cols, n, c)
-    MultilabelBalancedSampler(_imbalanced_one_label(), num_samples=10).order(0)  # numba import / compile
-    start = time.perf_counter()
     sampler = MultilabelBalancedSampler(labels.to_scipy(), "least_sampled", num_samples=20 * n)
     sampler.order(0)
-    assert time.perf_counter() - start < 1.5  # the dense, pure-Python sampler took ~4x that here
     counts, frequency = sampler._cached[2], labels.positive_counts()
     assert frequency.max() / frequency.min() > 500
     # The rare labels stay level at the minimum count (+ the odd co-occurrence); the common ones run ahead.
