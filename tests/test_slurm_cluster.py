@@ -86,11 +86,13 @@ class Cluster:
         path = next((self.folder / "jobs").glob(f"*-{job_id}.out"), None)
         return path.read_text(errors="replace") if path else ""
 
-    def ctld_log(self, job_id: str) -> str:
-        """slurmctld's own lines about a job: why Slurm requeued, signalled or ended it."""
+    def story(self, job_id: str) -> str:
+        """A failure message on a job: the end of its log, and slurmctld's own lines about it (why Slurm
+        requeued, signalled or ended it)."""
         path = self.folder / "slurmctld.log"
         text = path.read_text(errors="replace") if path.is_file() else ""
-        return "\n".join(line for line in text.splitlines() if re.search(rf"\b{job_id}\b", line))
+        ctld = "\n".join(line for line in text.splitlines() if re.search(rf"\b{job_id}\b", line))
+        return f"its log ends:\n{self.log(job_id)[-3000:]}\nslurmctld on it:\n{ctld[-3000:]}"
 
     def wait_for(self, what: str, ready, job_id: str, timeout: float = JOB_TIMEOUT):
         deadline = time.monotonic() + timeout
@@ -102,8 +104,7 @@ class Cluster:
         info = self.job(job_id)
         self.run("scancel", job_id, check=False)
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}: job {job_id} is "
-                             f"{info.get('JobState')} ({info.get('Reason')}); its log ends:\n{self.log(job_id)[-3000:]}"
-                             f"\nslurmctld on it:\n{self.ctld_log(job_id)[-3000:]}")
+                             f"{info.get('JobState')} ({info.get('Reason')}); {self.story(job_id)}")
 
     def wait_done(self, job_id: str, timeout: float = JOB_TIMEOUT) -> dict[str, str]:
         """Wait until the job has ended for good (a requeued job comes back PENDING first)."""
@@ -164,7 +165,7 @@ class Straight:
     def run(self) -> Path:
         if self.info is None:
             self.info = self.cluster.wait_done(self.job)
-        assert self.info["JobState"] == "COMPLETED", self.cluster.log(self.job)[-3000:]
+        assert self.info["JobState"] == "COMPLETED", self.cluster.story(self.job)
         return self.run_dir
 
 
@@ -180,7 +181,7 @@ def test_preempted_job_requeues_and_resumes_exactly(cluster, straight, tmp_path)
     cluster.run("scancel", "--batch", "--signal=USR1", job)  # what a preemption (or the time limit) sends
     info = cluster.wait_done(job)
     log = cluster.log(job)
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log[-3000:]
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", cluster.story(job)
     assert "USR1 received" in log and "stopped at" in log and "requeueing job" in log and "resumed from" in log
     assert_same_run(straight.run(), run, [1, 2])
 
@@ -209,7 +210,7 @@ def test_time_limit_signal_requeues_and_resumes(cluster, tmp_path):
     cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")
     info = cluster.wait_done(job)
     log = cluster.log(job)
-    why = f"{log[-4000:]}\nslurmctld on it:\n{cluster.ctld_log(job)[-3000:]}"
+    why = cluster.story(job)
     assert info["JobState"] == "COMPLETED", why
     # mid-epoch, or at the end of an epoch when that check saw the stop first (CI failed once on it)
     stopped = re.search(r"stopped at (epoch \d+, step \d+ of it|the end of epoch \d+): checkpoint saved", log)
@@ -237,11 +238,11 @@ def test_a_node_dies_the_job_ends_and_the_next_submission_resumes(cluster, strai
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     info = cluster.wait_done(job, timeout=120)  # no hung rank on node 1: the whole job ends
-    assert info["JobState"] == "FAILED" and info["Restarts"] == "0", cluster.log(job)[-3000:]
+    assert info["JobState"] == "FAILED" and info["Restarts"] == "0", cluster.story(job)
     again = _cnn_job(cluster, run)  # the same command, as a user resubmits it
     info = cluster.wait_done(again)
     log = cluster.log(again)
-    assert info["JobState"] == "COMPLETED" and "resumed from" in log, log[-3000:]
+    assert info["JobState"] == "COMPLETED" and "resumed from" in log, cluster.story(again)
     assert_same_run(straight.run(), run, [1, 2])
 
 
@@ -261,10 +262,10 @@ def test_preempted_on_two_nodes_resumes_on_one_at_the_same_global_sample(cluster
     job = _cnn_job(cluster, run, nodes=1, extra=every_step)
     info = cluster.wait_done(job)
     log = cluster.log(job)
-    assert info["JobState"] == "COMPLETED" and info["NumNodes"] == "1", log[-3000:]
+    assert info["JobState"] == "COMPLETED" and info["NumNodes"] == "1", cluster.story(job)
     resumed = re.search(r"resumed from \S+ \(epoch (\d+), sample (\d+) of its global order: step (\d+) at 1 process",
                         log)
-    assert resumed, log[-3000:]
+    assert resumed, cluster.story(job)
     epoch, sample, step = map(int, resumed.groups())
     assert sample > 0 and step == sample // 32  # per-rank batch 32: one process now walks 32 samples a step
     provenance = _provenance(run)
@@ -283,7 +284,7 @@ def test_deepspeed_zero2_across_two_nodes(cluster, tmp_path):
                    env={"ACCELERATE_CONFIG": "launch/deepspeed_zero2_cpu.yaml"})
     info = cluster.wait_done(job)
     log = cluster.log(job)
-    assert info["JobState"] == "COMPLETED", log[-3000:]
+    assert info["JobState"] == "COMPLETED", cluster.story(job)
     assert "ignoring ACCELERATE_USE_CPU=true" in log
     provenance = _provenance(run)
     assert provenance["distributed_type"] == "DEEPSPEED" and provenance["world_size"] == 2
