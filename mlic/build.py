@@ -188,7 +188,6 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     ema = None
     if cfg.train.ema_decay is not None:
         ema = WeightEma(base_model(accelerator, model), cfg.train.ema_decay, cfg.train.ema_warmup)
-        accelerator.register_for_checkpointing(ema)  # its tensors travel in every checkpoint
         identity["ema"] = True  # a checkpoint with the average resumes only into a run with one, and back
     return Run(cfg, accelerator, Path(cfg.run.output_dir), data, model, optimizer, scheduler,
                loss_fn.to(accelerator.device), train_loader, val_loader, preprocess, identity,

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
+from mlic.disk import replace_text
 from mlic.errors import ConfigError
 
 
@@ -149,7 +150,10 @@ class TrainConfig:
     compile: bool = False
     select_metric: str = "val/f1_macro"
     save_every_steps: int | None = None
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # at least 2: a damaged newest checkpoint falls back to the one before
+    # DeepSpeed reads its engine state only by unpickling it, which runs whatever code the file names: resume
+    # DeepSpeed checkpoints only from a run folder you trust (nothing else in a checkpoint is unpickled).
+    trust_checkpoint_pickles: bool = False
     keep_host_memory: bool = True  # CPU runs: reuse freed tensor memory, no page faults per step (mlic/allocator.py)
     seed: int = 0
     max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
@@ -322,6 +326,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         for part in reversed(key.split(".")):
             nested = {part: nested}
         _apply(cfg, nested, "", f"override {text!r}")
+    if cfg.train.keep_checkpoints < 2:
+        raise ConfigError(f"config key 'train.keep_checkpoints': {cfg.train.keep_checkpoints} is less than 2; a run "
+                          "keeps at least two checkpoints, so that a damaged newest one falls back to the one before")
     return cfg
 
 
@@ -352,7 +359,7 @@ def save_resolved(cfg: Config, path: Path, **extra: Any) -> None:
     """Write the resolved config plus provenance (git commit, library versions, anything in `extra`)."""
     doc = cfg.to_dict()
     doc["_provenance"] = {"git_commit": git_commit(), "versions": library_versions(), **extra}
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False))
+    replace_text(path, yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False))
 
 
 def config_from_dict(doc: dict[str, Any]) -> Config:

@@ -29,6 +29,7 @@ from mlic.build import (
 )
 from mlic.config import Config
 from mlic.data.policies import mix_batch
+from mlic.disk import writing
 from mlic.errors import MlicError
 from mlic.export import export_model
 from mlic.metrics import (
@@ -41,6 +42,7 @@ from mlic.metrics import (
 )
 from mlic.models import architecture
 from mlic.preemption import StopSignal, any_rank
+from mlic.ranks import on_main
 from mlic.run_lock import RunFolderLock
 from mlic.run_log import log_epoch, log_step, publish, start_run_folder, start_tracking, trim_metrics
 from mlic.run_state import RunState, latest_checkpoint
@@ -67,11 +69,17 @@ def fit(cfg: Config) -> dict[str, dict]:
         state = resume(run)
         start_tracking(run, state.epoch - 1, state.global_step)
         while state.epoch <= cfg.train.epochs:
-            train = train_one_epoch(run, state, stop)
-            if train.stopped:
+            if state.train_metrics is None:  # else trained already: stopped during the epoch's evaluation
+                train = train_one_epoch(run, state, stop)
+                if train.stopped:
+                    save_checkpoint(run, state)
+                    return stopped(run, state, f"epoch {state.epoch}, step {state.step_in_epoch} of it")
+                state.train_metrics = train.metrics
+            evaluated = evaluate_epoch(run, state.train_metrics, stop)
+            if evaluated is None:  # a stop during the evaluation: the checkpoint holds the trained epoch
                 save_checkpoint(run, state)
-                return stopped(run, state, f"epoch {state.epoch}, step {state.step_in_epoch} of it")
-            last, thresholds = evaluate_epoch(run, train.metrics)
+                return stopped(run, state, f"the evaluation of epoch {state.epoch} (its training is saved)")
+            last, thresholds = evaluated
             log_epoch(run, state.epoch, last)
             split, key = chosen_split(cfg, last)
             if state.improved(last[split][key], lower_is_better=key == "loss"):
@@ -80,7 +88,7 @@ def fit(cfg: Config) -> dict[str, dict]:
             save_checkpoint(run, state)
             if state.epoch <= cfg.train.epochs and stop.requested(accelerator):
                 return stopped(run, state, f"the end of epoch {state.epoch - 1}")
-    accelerator.end_training()
+    end_training(run)
     return last
 
 
@@ -262,15 +270,19 @@ def share_buffers(accelerator: Accelerator, model) -> None:
 
 
 @torch.no_grad()
-def predict_logits(model, loader, transform, accelerator: Accelerator) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Logits, targets (on the host) and sample indices over exactly the loader's dataset.
+def predict_logits(model, loader, transform, accelerator: Accelerator, stop: StopSignal | None = None,
+                   check_every: int = 10) -> tuple[torch.Tensor, torch.Tensor, np.ndarray] | None:
+    """Logits, targets (on the host) and sample indices over exactly the loader's dataset; None when `stop`
+    was requested (checked every `check_every` batches: every rank has as many batches).
 
     Accelerate pads the last batches so that every rank gets the same number; the indices travel with
     the outputs, one gather at the end, and the padding and every duplicate are dropped by index."""
     model.eval()
     cast = input_dtype(accelerator)
     logits, targets, index = [], [], []
-    for images, target, idx in loader:
+    for batch, (images, target, idx) in enumerate(loader, 1):
+        if stop is not None and batch % check_every == 0 and stop.requested(accelerator):
+            return None
         x = transform(images)
         if cast is not None:
             x = x.to(cast)
@@ -290,13 +302,17 @@ def _gather_padded(accelerator: Accelerator, tensor: torch.Tensor, pad: int) -> 
     return accelerator.gather(accelerator.pad_across_processes(tensor.contiguous(), dim=0, pad_index=pad))
 
 
-def evaluate(model, loader, transform, loss_fn, accelerator, tune: bool = False, default: float = 0.5):
+def evaluate(model, loader, transform, loss_fn, accelerator, tune: bool = False, default: float = 0.5,
+             stop: StopSignal | None = None, check_every: int = 10):
     """Metrics at `default` and the loss by `loss_fn`, the training's own; with `tune`, also `*_tuned` at
     per-label thresholds chosen on this very split (optimistic there: they are meant for the test set).
-    Returns (metrics, thresholds)."""
+    Returns (metrics, thresholds), or None when `stop` was requested meanwhile."""
     start = time.perf_counter()
     share_buffers(accelerator, model)
-    logits, targets, index = predict_logits(model, loader, transform, accelerator)
+    predicted = predict_logits(model, loader, transform, accelerator, stop, check_every)
+    if predicted is None:
+        return None
+    logits, targets, index = predicted
     elapsed = time.perf_counter() - start
     probs = torch.sigmoid(logits).numpy()
     y, known = split_known(targets.numpy())  # unknown entries (partial labels) count nowhere
@@ -313,43 +329,55 @@ def evaluate(model, loader, transform, loss_fn, accelerator, tune: bool = False,
     return metrics, thresholds
 
 
-def evaluate_epoch(run: Run, train_metrics: dict[str, float]) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+def evaluate_epoch(run: Run, train_metrics: dict[str, float],
+                   stop: StopSignal | None = None) -> tuple[dict[str, dict], dict[str, np.ndarray]] | None:
     """The epoch's metrics by split ("train", "val", and "val_ema" with an EMA) and each val split's
-    thresholds. The average runs under the training's autocast, as the prepared model does."""
+    thresholds; None when `stop` was requested meanwhile. The average runs under the training's autocast,
+    as the prepared model does."""
     acc, cfg = run.accelerator, run.cfg
-    tune = cfg.eval.thresholds == "per_label"
+    every = cfg.train.stop_check_every
+    args = (run.val_loader, run.data.eval_transform, run.loss_fn, acc, cfg.eval.thresholds == "per_label",
+            cfg.eval.threshold, stop, every)
     metrics, thresholds = {"train": train_metrics}, {}
-    metrics["val"], thresholds["val"] = evaluate(run.model, run.val_loader, run.data.eval_transform, run.loss_fn,
-                                                 acc, tune, cfg.eval.threshold)
+    val = evaluate(run.model, *args)
+    if val is None:
+        return None
+    metrics["val"], thresholds["val"] = val
     if run.ema is not None:
         run.ema.share_buffers(acc)
         with acc.autocast():
-            metrics["val_ema"], thresholds["val_ema"] = evaluate(run.ema.module, run.val_loader, run.data.eval_transform,
-                                                                 run.loss_fn, acc, tune, cfg.eval.threshold)
+            val = evaluate(run.ema.module, *args)
+        if val is None:
+            return None
+        metrics["val_ema"], thresholds["val_ema"] = val
     return metrics, thresholds
 
 
 def resume(run: Run) -> RunState:
-    """The state of the newest checkpoint (accelerate's objects restored), or a fresh one."""
+    """The state of the newest checkpoint that verifies (accelerate's objects and the EMA restored), or a
+    fresh one."""
     acc, cfg = run.accelerator, run.cfg.train
-    found = RunState.resume(acc, run.out / "checkpoints", run.identity)
+    found = RunState.resume(acc, run.out / "checkpoints", run.identity, run.ema, cfg.trust_checkpoint_pickles)
     if found is None:
         trim_metrics(run, 0)  # lines of an earlier run whose checkpoints are gone: this one writes its own
         return RunState(world_size=acc.num_processes)
     state, path = found
     run.data.sampler.load_state_dict(state.sampler)
-    # The same position in the epoch's global sample order, whatever the world size or batch is now
-    skip = state.batches_to_skip(cfg.batch_size, cfg.grad_accum, acc.num_processes)
-    if skip is None:
-        acc.print(f"warning: {path} stopped at sample {state.samples_in_epoch} of epoch {state.epoch}, not a step "
-                  f"boundary for {acc.num_processes} process(es) x batch {cfg.batch_size} x accumulation "
-                  f"{cfg.grad_accum}: the epoch restarts")
-        state.step_in_epoch = state.samples_in_epoch = 0
-    else:
-        state.step_in_epoch = skip // cfg.grad_accum
+    if state.train_metrics is not None:  # stopped during the evaluation: nothing of the epoch is left to train
+        where = "its training done, its evaluation next"
+    else:  # the same position in the epoch's global sample order, whatever the world size or batch is now
+        skip = state.batches_to_skip(cfg.batch_size, cfg.grad_accum, acc.num_processes)
+        if skip is None:
+            acc.print(f"warning: {path} stopped at sample {state.samples_in_epoch} of epoch {state.epoch}, not a step "
+                      f"boundary for {acc.num_processes} process(es) x batch {cfg.batch_size} x accumulation "
+                      f"{cfg.grad_accum}: the epoch restarts")
+            state.step_in_epoch = state.samples_in_epoch = 0
+        else:
+            state.step_in_epoch = skip // cfg.grad_accum
+        where = (f"sample {state.samples_in_epoch} of its global order: step {state.step_in_epoch} at "
+                 f"{acc.num_processes} process(es)")
     state.world_size = acc.num_processes
-    acc.print(f"resumed from {path} (epoch {state.epoch}, sample {state.samples_in_epoch} of its global order: "
-              f"step {state.step_in_epoch} at {acc.num_processes} process(es))")
+    acc.print(f"resumed from {path} (epoch {state.epoch}, {where})")
     trim_metrics(run, state.epoch - 1)
     return state
 
@@ -357,14 +385,27 @@ def resume(run: Run) -> RunState:
 def save_checkpoint(run: Run, state: RunState) -> None:
     share_buffers(run.accelerator, run.model)
     state.sampler = run.data.sampler.state_dict()
-    state.save(run.accelerator, run.out / "checkpoints", run.identity, run.cfg.train.keep_checkpoints)
+    state.save(run.accelerator, run.out / "checkpoints", run.identity, run.cfg.train.keep_checkpoints, run.ema,
+               checkpoint_bytes(run))
     publish(run, state.epoch - 1, state.global_step)  # only now: tracker points cannot be taken back
+
+
+def checkpoint_bytes(run: Run) -> int:
+    """About what a first checkpoint takes: the weights, two optimizer moments of each (Adam), the EMA."""
+    weights = sum(t.numel() * t.element_size() for t in base_model(run.accelerator, run.model).state_dict().values())
+    return weights * (3 + (run.ema is not None))
+
+
+def end_training(run: Run) -> None:
+    """Close the trackers: TensorBoard's writer thread reports a full disk only now."""
+    with writing("TensorBoard events", run.out, point="tensorboard-close"):
+        run.accelerator.end_training()
 
 
 def stopped(run: Run, state: RunState, where: str) -> dict[str, dict]:
     run.accelerator.print(f"stopped at {where}: checkpoint saved in {run.out / 'checkpoints'}; "
                           "run the same command again to resume")
-    run.accelerator.end_training()
+    end_training(run)
     return {"stopped": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch}}
 
 
@@ -375,7 +416,8 @@ def export_best(run: Run, epoch: int, split: str, val_metrics: dict[str, float],
         state_dict = run.ema.state_dict()
     else:
         state_dict = acc.get_state_dict(run.model)  # every rank: DeepSpeed gathers shards
-    if acc.is_main_process:
+
+    def write() -> None:  # the main process; every rank learns how it went
         num_labels = run.data.dataset.num_labels
         meta = {
             "architecture": architecture(base_model(acc, run.model), cfg.model, num_labels),
@@ -388,6 +430,7 @@ def export_best(run: Run, epoch: int, split: str, val_metrics: dict[str, float],
             "cached": run.data.cached,
             "config": cfg.to_dict(),
         }
-        state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
-        export_model(state_dict, run.out / "model", meta)
-    acc.wait_for_everyone()
+        tensors = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+        export_model(tensors, run.out / "model", meta)
+
+    on_main(acc, write)

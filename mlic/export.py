@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from mlic import faults
 from mlic.config import ModelConfig
+from mlic.disk import fsync_path, writing
 from mlic.errors import MlicError
 
 WEIGHTS = "model.safetensors"
@@ -20,19 +21,29 @@ META = "config.json"
 
 
 def export_model(state_dict: dict[str, torch.Tensor], out: Path, meta: dict[str, Any]) -> None:
-    """Write to a temporary folder, then swap it in: a reader never sees half a model."""
+    """Write to a temporary folder (fsynced), then swap it in: a reader never sees half a model, and a full
+    disk leaves the previous export in place (`DiskFull`)."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    (tmp / META).write_text(json.dumps(meta, indent=2))
+    needs = sum(t.numel() * t.element_size() for t in tensors.values())
+    try:
+        with writing(f"the model export {out}", out.parent, needs, point="export"):
+            tmp.mkdir(parents=True)
+            save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+            (tmp / META).write_text(json.dumps(meta, indent=2))
+            for path in (tmp / WEIGHTS, tmp / META, tmp):
+                fsync_path(path)
+    except MlicError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
         out.rename(old)
     faults.kill_point("export")  # a kill here leaves model.old and model.tmp: recover_export mends it
     tmp.rename(out)
+    fsync_path(out.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

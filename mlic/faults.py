@@ -1,12 +1,16 @@
 """Failpoints for the reliability tests: `MLIC_FAULT=point:n[,point:n]` makes the n-th pass through a
-named point fail (`kill`: SIGKILL this process, as a dead node would; `nan`: a non-finite loss).
-Without the variable every call is a no-op. Points: step, eval, metrics, checkpoint, publish, export, nan."""
+named point fail (`kill`: SIGKILL this process, as a dead node would; `nan`: a non-finite loss;
+`fill-<writer>`: the disk fills up right before that writer writes, as when another job fills a shared disk).
+Without the variable every call is a no-op. Kill points: step, eval, metrics, checkpoint, publish, export;
+nan; fill points: the writers of `mlic.disk.writing` (cache, config, figures, tensorboard, metrics, steps,
+trackers, export, checkpoint)."""
 
 from __future__ import annotations
 
 import os
 import signal
 from collections import Counter
+from pathlib import Path
 
 _counts: Counter[str] = Counter()
 _spec = ""
@@ -33,3 +37,21 @@ def hit(point: str) -> bool:
 def kill_point(point: str) -> None:
     if hit(point):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fill_point(point: str, folder: Path) -> None:
+    """On the armed pass through `fill-<point>`: fill `folder`'s file system with a ballast file
+    (`.ballast-<pid>`, left for the test to remove, as a user frees space)."""
+    if not hit(f"fill-{point}"):
+        return
+    fd = os.open(folder / f".ballast-{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for chunk in (b"\0" * (1 << 20), b"\0" * 4096, b"\0"):  # down to the last byte
+            try:
+                while True:
+                    os.write(fd, chunk)
+            except OSError:
+                pass
+        os.fsync(fd)
+    finally:
+        os.close(fd)

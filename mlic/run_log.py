@@ -4,6 +4,7 @@ W&B: `mlic.trackers`) and Figures 1-3."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from typing import Any
 
@@ -14,8 +15,11 @@ from accelerate.utils import gather_object
 from mlic import faults
 from mlic.build import Run
 from mlic.config import Config, save_resolved
+from mlic.disk import writing
+from mlic.errors import MlicError
 from mlic.export import recover_export
 from mlic.jsonl import trim_jsonl
+from mlic.ranks import on_main
 from mlic.trackers import Publisher
 
 METRICS_FILE = "metrics.jsonl"
@@ -25,13 +29,17 @@ def start_run_folder(run: Run) -> None:
     """The resolved config; then `resume`, then `start_tracking`."""
     acc, data = run.accelerator, run.data
     hosts = sorted(set(gather_object([socket.gethostname()])))  # the machines this run spans
-    if acc.is_main_process:
-        run.out.mkdir(parents=True, exist_ok=True)
-        recover_export(run.out / "model")
-        save_resolved(run.cfg, run.out / "config.yaml", world_size=acc.num_processes, machines=len(hosts),
-                      hosts=hosts, mixed_precision=acc.mixed_precision, distributed_type=acc.distributed_type.value,
-                      label_names=data.dataset.label_names, train_images=len(data.train), val_images=len(data.val),
-                      cached=data.cached)
+
+    def write() -> None:
+        with writing("config.yaml", run.out):
+            run.out.mkdir(parents=True, exist_ok=True)
+            recover_export(run.out / "model")
+            save_resolved(run.cfg, run.out / "config.yaml", world_size=acc.num_processes, machines=len(hosts),
+                          hosts=hosts, mixed_precision=acc.mixed_precision, distributed_type=acc.distributed_type.value,
+                          label_names=data.dataset.label_names, train_images=len(data.train),
+                          val_images=len(data.val), cached=data.cached)
+
+    on_main(acc, write)
 
 
 def start_tracking(run: Run, epochs_done: int, global_step: int) -> None:
@@ -41,14 +49,17 @@ def start_tracking(run: Run, epochs_done: int, global_step: int) -> None:
     run.tracking = Publisher(run.accelerator, run.out, global_step)
     run.tracking.start(_flat_hparams(run.cfg))
     publish(run, epochs_done, global_step)
-    if run.accelerator.is_main_process and not (run.out / "figures").exists():
-        _data_figures(run)
+    on_main(run.accelerator, lambda: _data_figures(run) if not (run.out / "figures").exists() else None)
 
 
 def trim_metrics(run: Run, last_epoch: int) -> None:
     """On resume, drop lines of epochs after the checkpoint (they will be written again)."""
-    if run.accelerator.is_main_process:
-        trim_jsonl(run.out / METRICS_FILE, "epoch", last_epoch)
+
+    def trim() -> None:
+        with writing(METRICS_FILE, run.out, point="metrics-trim"):
+            trim_jsonl(run.out / METRICS_FILE, "epoch", last_epoch)
+
+    on_main(run.accelerator, trim)
 
 
 def log_epoch(run: Run, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
@@ -58,11 +69,16 @@ def log_epoch(run: Run, epoch: int, metrics: dict[str, dict[str, float]]) -> Non
     extra = {"lr": current_lr(run)}
     if torch.cuda.is_available():
         extra["gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    text = "".join(json.dumps({"epoch": epoch, "split": split, **values, **(extra if split == "train" else {})}) + "\n"
+                   for split, values in metrics.items())
+
+    def append() -> None:
+        with writing(METRICS_FILE, run.out, len(text), point="metrics"), (run.out / METRICS_FILE).open("a") as fh:
+            fh.write(text)  # one write: a kill or a full disk tears at most the last line, which readers drop
+
+    on_main(acc, append)
     if not acc.is_main_process:
         return
-    with (run.out / METRICS_FILE).open("a") as fh:
-        for split, values in metrics.items():
-            fh.write(json.dumps({"epoch": epoch, "split": split, **values, **(extra if split == "train" else {})}) + "\n")
     faults.kill_point("metrics")  # lines written, checkpoint not yet: the resume trims them
     t, v = metrics["train"], metrics["val"]
     ema = f" (EMA {metrics['val_ema']['f1_macro']:.3f} / {metrics['val_ema']['mAP']:.3f})" if "val_ema" in metrics else ""
@@ -80,7 +96,7 @@ def log_step(run: Run, step: int, loss: torch.Tensor) -> None:
 def publish(run: Run, epochs_done: int, global_step: int) -> None:
     """After a checkpoint: hand the trackers what it covers (see `mlic.trackers`)."""
     faults.kill_point("publish")  # checkpoint saved, trackers not told: the resume publishes it
-    run.tracking.checkpoint_saved(epochs_done, global_step, run.out / METRICS_FILE)
+    on_main(run.accelerator, lambda: run.tracking.checkpoint_saved(epochs_done, global_step, run.out / METRICS_FILE))
 
 
 def current_lr(run: Run) -> float:
@@ -108,4 +124,9 @@ def _data_figures(run: Run) -> None:
     order = np.asarray(list(data.sampler))  # epoch 0 of the sampler: the global order, no side effects
     figures = data_figures(labels, data.dataset.label_names, order, weights.numpy())
     writer = run.accelerator.get_tracker("tensorboard").writer if "tensorboard" in run.cfg.run.trackers else None
-    save_figures(figures, run.out / "figures", writer)
+    try:
+        with writing("figures", run.out, 1 << 20):
+            save_figures(figures, run.out / "figures", writer)
+    except MlicError:
+        shutil.rmtree(run.out / "figures", ignore_errors=True)  # half of them: the resumed run draws them all
+        raise

@@ -1,25 +1,38 @@
 """What a checkpoint holds, in one place: the run's progress beside accelerate's own state.
 
 A checkpoint is an accelerate `save_state` folder (model, optimizer, scheduler, scaler, RNG of every
-rank: one format for DDP and DeepSpeed) plus `mlic_state.json` with `RunState` and the run's
-identity. It is written under `.tmp-NAME` and renamed to `epoch{E}-step{S}` last, so a folder with
-such a name is complete by construction and the newest one is always safe to resume from.
+rank: one format for DDP and DeepSpeed) plus mlic's own files, which it writes and reads itself without
+pickle: `mlic_state.json` (`RunState` and the run's identity), `ema.safetensors` (the average of the
+weights, with `train.ema_decay`) and `manifest.json` (`mlic.manifest`), written last. All of it is written
+under `.tmp-NAME`, fsynced, and renamed to `epoch{E}-step{S}`. A resume takes the newest checkpoint that
+verifies (a damaged or tampered one is named in a warning and skipped) and loads its pickled files
+weights-only, so nothing in a run folder can run code (DeepSpeed's files only with the opt-in
+`train.trust_checkpoint_pickles`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import DistributedType, broadcast_object_list
+from safetensors.torch import load_model, save_model
+
 from mlic import faults
+from mlic.disk import fsync_path, writing
 from mlic.errors import ConfigError, MlicError
+from mlic.manifest import damage, manifest_bytes, write_manifest
+from mlic.ranks import RankError, raise_together
 
 STATE_FILE = "mlic_state.json"
-FORMAT = 2  # 1: mlic 0.1.0 (a "training" section, gathered partial outputs, no world size)
+EMA_FILE = "ema.safetensors"
+FORMAT = 3  # 1: mlic 0.1.0 (a "training" section, gathered partial outputs, no world size); 2: no manifest
 
 
 @dataclass
@@ -32,7 +45,10 @@ class RunState:
     best: float | None = None  # the selection metric's best value, stored higher-is-better
     skipped_steps: int = 0  # non-finite steps skipped (train.skip_nonfinite)
     sampler: dict[str, Any] = field(default_factory=dict)
-    ema_updates: int = 0  # updates of the EMA of the weights (its tensors: a registered accelerate object)
+    ema_updates: int = 0  # updates of the EMA of the weights (its tensors: EMA_FILE)
+    # The epoch's training metrics once its training is done and its evaluation is not (a stop during the
+    # evaluation): the resumed run evaluates the epoch without training it again.
+    train_metrics: dict[str, float] | None = None
     # Reserved for features that add state, so that the format stays the same when they land:
     known_mask: bool = False  # the targets carried a known-label mask (partial labels)
 
@@ -44,6 +60,7 @@ class RunState:
     def next_epoch(self) -> None:
         self.epoch += 1
         self.step_in_epoch = self.samples_in_epoch = 0
+        self.train_metrics = None
 
     def improved(self, value: float, lower_is_better: bool) -> bool:
         """Records `value` if it is the best so far."""
@@ -61,27 +78,44 @@ class RunState:
             return None
         return self.samples_in_epoch // (batch_size * world_size)
 
-    def save(self, accelerator, folder: Path, identity: dict[str, Any], keep: int) -> Path:
-        """Every rank calls this together. Returns the checkpoint folder."""
+    def save(self, accelerator, folder: Path, identity: dict[str, Any], keep: int, ema=None, needs: int = 0) -> Path:
+        """Every rank calls this together. Returns the checkpoint folder. A failed write (a full disk) is
+        one error on every rank, and the previous checkpoints stay the newest. `needs`: the bytes it is
+        expected to take (the previous checkpoint's size when there is one)."""
         epoch = self.epoch if self.step_in_epoch else self.epoch - 1  # the epoch the last step belongs to
         final = folder / f"epoch{epoch:04d}-step{self.global_step:08d}"
         tmp = folder / f".tmp-{final.name}"
+        what = f"checkpoint {final.name}"
+        previous = latest_checkpoint(folder)
+        needs = (manifest_bytes(previous) if previous else None) or needs
         if accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
         try:
-            accelerator.save_state(str(tmp))
+            error = None
+            try:
+                with writing(what, folder, needs):
+                    accelerator.save_state(str(tmp))  # every rank writes its own random states
+            except MlicError as exc:
+                error = exc
+            raise_together(accelerator, error)
             if accelerator.is_main_process:
-                doc = {"format": FORMAT, "run": dataclasses.asdict(self), "identity": identity}
-                (tmp / STATE_FILE).write_text(json.dumps(doc, indent=1))
-        except OSError as exc:  # disk full, permissions: the previous checkpoints stay the newest
-            raise MlicError(f"writing checkpoint {final.name} into {folder} failed: {exc}") from exc
-        accelerator.wait_for_everyone()
+                try:
+                    with writing(what, folder, needs, point="checkpoint-files"):
+                        self._write_own_files(tmp, identity, ema)
+                except MlicError as exc:
+                    error = exc
+            raise_together(accelerator, error)
+        except MlicError:
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         faults.kill_point("checkpoint")  # a kill here leaves only a .tmp- folder: never chosen for resume
         if accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
+            fsync_path(folder)  # the rename itself reaches the disk
             for old in complete_checkpoints(folder)[:-keep] if keep > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)
             for stale in folder.glob(".tmp-*"):
@@ -89,11 +123,26 @@ class RunState:
         accelerator.wait_for_everyone()
         return final
 
+    def _write_own_files(self, tmp: Path, identity: dict[str, Any], ema) -> None:
+        """mlic's files beside accelerate's, then the manifest of them all (every file fsynced)."""
+        if ema is not None:
+            save_model(ema.module, str(tmp / EMA_FILE))
+        doc = {"format": FORMAT, "run": dataclasses.asdict(self), "identity": identity}
+        (tmp / STATE_FILE).write_text(json.dumps(doc, indent=1))
+        write_manifest(tmp)
+
     @classmethod
-    def resume(cls, accelerator, folder: Path, identity: dict[str, Any]) -> tuple[RunState, Path] | None:
-        """The newest complete checkpoint's state, after restoring accelerate's objects from it; None
-        when there is none. A checkpoint of another model or label set is refused before any load."""
-        path = latest_checkpoint(folder)
+    def resume(cls, accelerator, folder: Path, identity: dict[str, Any], ema=None,
+               trust_pickles: bool = False) -> tuple[RunState, Path] | None:
+        """The newest checkpoint that verifies, its state returned after restoring accelerate's objects (and
+        `ema`) from it; None when there is none. A checkpoint of another model or label set is refused
+        before any load."""
+        if accelerator.distributed_type == DistributedType.DEEPSPEED and not trust_pickles and complete_checkpoints(folder):
+            raise ConfigError(
+                f"the checkpoints in {folder} hold DeepSpeed's engine state, which DeepSpeed can only read by "
+                "unpickling it (a pickle can run any code): resume them only if you trust this folder, with "
+                "train.trust_checkpoint_pickles=true, or start over in another run.output_dir")
+        path = choose_checkpoint(accelerator, folder, trust_pickles)
         if path is None:
             return None
         doc = json.loads((path / STATE_FILE).read_text())
@@ -105,7 +154,14 @@ class RunState:
                     f"checkpoint {path} is for {key}={doc['identity'].get(key)!r}, this run has {key}={value!r}; "
                     "use another run.output_dir, or delete its checkpoints/ to start over"
                 )
-        accelerator.load_state(str(path))
+        try:
+            with _weights_only(not trust_pickles):
+                accelerator.load_state(str(path))
+            if ema is not None:
+                load_model(ema.module, str(path / EMA_FILE), device="cpu")
+        except Exception as exc:  # verified, yet not this run's (a hand-edited config of the same identity)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MlicError(f"checkpoint {path} verified but does not load into this run: {first[:300]}") from None
         return state, path
 
     @classmethod
@@ -134,3 +190,41 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 def latest_checkpoint(folder: Path) -> Path | None:
     found = complete_checkpoints(folder)
     return found[-1] if found else None
+
+
+def choose_checkpoint(accelerator, folder: Path, trust_pickles: bool = False) -> Path | None:
+    """The newest complete checkpoint that verifies (`mlic.manifest.damage`), the same on every rank (the
+    main process verifies, then tells the others); a warning for each one skipped; None when there is
+    none; an error when there are some and none verifies."""
+    name = problem = None
+    if accelerator.is_main_process:
+        found = complete_checkpoints(folder)
+        for path in reversed(found):
+            why = damage(path, trust_pickles)
+            if why is None:
+                name = path.name
+                break
+            print(f"warning: checkpoint {path} is unusable: {why}; "
+                  f"{'trying the one before it' if path != found[0] else 'there is no other'}", flush=True)
+        if found and name is None:
+            problem = (f"no usable checkpoint in {folder} ({len(found)} damaged or unsafe, named above); restore "
+                       "them from a copy, or move checkpoints/ aside to start the run over")
+    if accelerator.num_processes > 1:
+        name, problem = broadcast_object_list([name, problem])
+    if problem:
+        raise RankError(problem)
+    return folder / name if name else None
+
+
+@contextmanager
+def _weights_only(force: bool):
+    """torch.load weights-only for every file that accelerate loads (its own default, made a rule here: a
+    later accelerate or a file it reads another way cannot unpickle code)."""
+    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    if force:
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})

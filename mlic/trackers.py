@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,10 @@ from typing import Any
 from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracker, WandBTracker
 
 from mlic.config import Config
-from mlic.errors import ConfigError
+from mlic.disk import DiskFull, replace_text, writing
+from mlic.errors import ConfigError, MlicError
 from mlic.jsonl import read_jsonl, trim_jsonl
+from mlic.ranks import raise_together
 
 STATE_FILE = "trackers.json"
 STEPS_FILE = "steps.jsonl"  # the step logs (train.log_every), main process, one JSON line per logged step
@@ -63,9 +64,8 @@ def read_state(out: Path) -> dict[str, Any]:
 
 
 def write_state(out: Path, state: dict[str, Any]) -> None:
-    tmp = out / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, out / STATE_FILE)
+    with writing(STATE_FILE, out, point="trackers"):
+        replace_text(out / STATE_FILE, json.dumps(state, indent=1))
 
 
 def tracker_state(out: Path, resumable: bool) -> dict[str, Any]:
@@ -107,15 +107,24 @@ class Publisher:
         """`resumed_step`: the global step of the checkpoint this start resumed (0: a fresh start)."""
         self.acc, self.out = accelerator, out
         self.pending: list[tuple[int, dict[str, float]]] = []  # step logs waiting for a checkpoint
+        self.failed: DiskFull | None = None  # a step log's full disk, raised at the next checkpoint's publish
         self.state = tracker_state(out, resumed_step > 0) if accelerator.is_main_process else {}
         if accelerator.is_main_process:
             self.pending = _trim_steps(out / STEPS_FILE, resumed_step, after=self.state.get("step", 0))
 
     def start(self, config: dict[str, Any]) -> None:
         """Every rank calls this (accelerate starts the trackers on the main process only)."""
-        self.acc.init_trackers("mlic")  # the project names are set on the trackers themselves
-        if not self.acc.is_main_process:
-            return
+        error = None
+        try:
+            with writing("the trackers' first records", self.out, point="tensorboard"):
+                self.acc.init_trackers("mlic")  # the project names are set on the trackers themselves
+                if self.acc.is_main_process:
+                    self._record_start(config)
+        except MlicError as exc:
+            error = exc
+        raise_together(self.acc, error)
+
+    def _record_start(self, config: dict[str, Any]) -> None:
         for tracker in self.acc.trackers:
             if tracker.name == "mlflow":
                 self.state["mlflow"] = tracker.tracker.info.run_id
@@ -129,13 +138,18 @@ class Publisher:
 
     def step(self, step: int, values: dict[str, float]) -> None:
         """A step's losses: TensorBoard now, the others once a checkpoint covers `step`."""
-        if not self.acc.is_main_process:
+        if not self.acc.is_main_process or self.failed is not None:
             return
-        for tracker in self.acc.trackers:
-            if tracker.name == "tensorboard":
-                tracker.log(values, step=step)
-        with (self.out / STEPS_FILE).open("a") as fh:  # a kill before the next checkpoint loses no step
-            fh.write(json.dumps({"step": step, **values}) + "\n")
+        try:  # in the training loop, where the other ranks do not wait for this one: a failure waits too
+            with writing("TensorBoard events", self.out, point="tensorboard-steps"):
+                for tracker in self.acc.trackers:
+                    if tracker.name == "tensorboard":
+                        tracker.log(values, step=step)
+            with writing(STEPS_FILE, self.out, point="steps"), (self.out / STEPS_FILE).open("a") as fh:
+                fh.write(json.dumps({"step": step, **values}) + "\n")  # a kill before the next checkpoint loses no step
+        except DiskFull as exc:
+            self.failed = exc
+            return
         self.pending.append((step, values))
 
     def checkpoint_saved(self, epochs_done: int, global_step: int, metrics: Path) -> None:
@@ -144,17 +158,20 @@ class Publisher:
         completes, read only when it completes one."""
         if not self.acc.is_main_process:
             return
+        if self.failed is not None:
+            raise self.failed
         lines = read_jsonl(metrics) if epochs_done > self.state.get("epoch", 0) else []
         steps = [(s, v) for s, v in self.pending if self.state.get("step", 0) < s <= global_step]
         self.pending = [(s, v) for s, v in self.pending if s > global_step]
-        for step, values in steps:
-            self._log(values, step, "global_step")
         by_epoch: dict[int, dict[str, float]] = {}
         for line in lines:
             if self.state.get("epoch", 0) < line["epoch"] <= epochs_done:
                 by_epoch.setdefault(line["epoch"], {}).update(epoch_scalars(line))
-        for epoch in sorted(by_epoch):
-            self._log(by_epoch[epoch], epoch, "epoch")
+        with writing("tracker logs (TensorBoard events)", self.out, point="tensorboard"):
+            for step, values in steps:
+                self._log(values, step, "global_step")
+            for epoch in sorted(by_epoch):
+                self._log(by_epoch[epoch], epoch, "epoch")
         if steps or by_epoch:
             self.state["step"] = max([self.state.get("step", 0), *(s for s, _ in steps)])
             self.state["epoch"] = max([self.state.get("epoch", 0), *by_epoch])

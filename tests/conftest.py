@@ -104,3 +104,41 @@ def pytest_runtest_logreport(report):
     if record and report.when == "call" and "cluster" in report.keywords:
         with open(record, "a") as fh:
             fh.write(f"{report.nodeid} {report.outcome}\n")
+
+
+class Tmpfs:
+    """A real tmpfs (a small disk that fills up for real), mounted by the `tmpfs` fixture."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def resize(self, megabytes: int) -> None:
+        """Grow it in place (unmounting would erase it)."""
+        subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(self.path)], check=True)
+
+    def free_ballast(self) -> int:
+        """Delete the ballast files that `MLIC_FAULT=fill-...` left (as a user frees space); returns how many."""
+        found = list(self.path.rglob(".ballast-*"))
+        for path in found:
+            path.unlink()
+        return len(found)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.path).free
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 64 MB tmpfs at tmp_path/fs. Mounting needs root (CI runs as root): elsewhere the test skips, and under
+    CI=true it fails, since a faked full disk is what this replaces."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the full-disk tests mount a real tmpfs and need root")
+        pytest.skip("the full-disk tests mount a real tmpfs and need root")
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
+    try:
+        yield Tmpfs(mount)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -147,7 +147,7 @@ def test_a_cache_too_large_for_its_disk_fails_before_decoding(demo_dir, tmp_path
     ds = _counting(load_helsinki(demo_dir))
     (tmp_path / "old.u8.partial").write_bytes(bytes(8192))
     monkeypatch.setattr(cache.shutil, "disk_usage", _free(2**20))
-    with pytest.raises(DataError, match=r"needs 14\.1 MiB more in .* but only 1\.0 MiB is free \(1 other "
+    with pytest.raises(DataError, match=r"no space left on .* writing the image cache \(needs ~15 MB\): it needs 14\.1 MiB more in .* but only 1\.0 MiB is free \(1 other "
                        r"unfinished cache.*set data\.cache=off .* data\.cache_size \(now 128\), or data\.cache_dir"):
         build_cache(ds, 128, tmp_path, workers=1)
     assert ds.decode.rows == []

@@ -1,12 +1,19 @@
 """RunState: what a checkpoint holds, written through accelerate's `save_state`, read back by `resume`."""
 
 import json
+import os
+import pickle
+from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 
+from mlic.disk import DiskFull
+from mlic.ema import WeightEma
 from mlic.errors import ConfigError, MlicError
+from mlic.manifest import damage, unsafe_pickle, write_manifest
 from mlic.run_state import STATE_FILE, RunState, complete_checkpoints, latest_checkpoint
 
 IDENTITY = {"model": "m", "label_names": ["a", "b", "c"]}
@@ -53,21 +60,106 @@ def test_a_checkpoint_of_another_identity_or_format_is_refused_before_loading(tm
         RunState.resume(acc, tmp_path / "ckpt", other)
     doc = json.loads((folder / STATE_FILE).read_text())
     (folder / STATE_FILE).write_text(json.dumps({"training": doc["run"], "sampler": {}, "identity": IDENTITY}))
+    write_manifest(folder)  # a whole checkpoint of an older format, not a damaged one
     with pytest.raises(ConfigError, match="written by an older mlic"):
         RunState.resume(acc, tmp_path / "ckpt", IDENTITY)
 
 
-def test_a_failed_write_is_one_error_and_leaves_no_checkpoint(tmp_path, monkeypatch):
+def test_a_full_disk_is_one_error_and_leaves_the_previous_checkpoint_newest(tmpfs):
+    """A real full disk (a tmpfs filled by a ballast file), not a faked OSError: torch.save's zip writer and
+    safetensors fail with their own errors, and each is the one DiskFull line."""
     acc, *_ = _prepared()
-    RunState(global_step=1).save(acc, tmp_path / "ckpt", IDENTITY, keep=2)
+    folder = tmpfs.path / "ckpt"
+    RunState(global_step=1).save(acc, folder, IDENTITY, keep=2)
+    for point in ("checkpoint", "checkpoint-files"):  # in accelerate's files, then in mlic's own
+        os.environ["MLIC_FAULT"] = f"fill-{point}:1"
+        try:
+            with pytest.raises(DiskFull, match=rf"^no space left on {tmpfs.path} \(tmpfs\) writing checkpoint "
+                                               r"epoch0000-step00000002 \(needs ~\d+ MB\); free some space"):
+                RunState(global_step=2).save(acc, folder, IDENTITY, keep=2)
+        finally:
+            del os.environ["MLIC_FAULT"]
+        assert tmpfs.free_ballast() == 1
+        assert [p.name for p in folder.iterdir()] == ["epoch0000-step00000001"]  # no .tmp- left behind
+    assert RunState(global_step=2).save(acc, folder, IDENTITY, keep=2).name == "epoch0000-step00000002"
 
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(acc, "save_state", full_disk)
-    with pytest.raises(MlicError, match="writing checkpoint epoch0000-step00000002 into .* failed: .*No space left"):
-        RunState(global_step=2).save(acc, tmp_path / "ckpt", IDENTITY, keep=2)
-    assert latest_checkpoint(tmp_path / "ckpt").name == "epoch0000-step00000001"
+def _ema_checkpoints(tmp_path, count=2):
+    """`count` checkpoints of a run with an EMA (ema.safetensors), each after one more step."""
+    acc, model, opt, sched = _prepared()
+    ema = WeightEma(acc.unwrap_model(model), 0.9)
+    for step in range(1, count + 1):
+        _step(acc, model, opt, sched)
+        ema.update(step)
+        RunState(global_step=step, ema_updates=step).save(acc, tmp_path / "ckpt", IDENTITY, keep=count, ema=ema)
+    return acc, model, ema, complete_checkpoints(tmp_path / "ckpt")
+
+
+DAMAGES = {
+    "truncated": lambda b: b[: len(b) // 2],
+    "emptied": lambda b: b"",
+    "64 bytes flipped": lambda b: b[:len(b) // 3] + bytes(x ^ 0xFF for x in b[len(b) // 3:len(b) // 3 + 64]) + b[len(b) // 3 + 64:],
+}
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_every_damaged_file_is_named_and_the_resume_falls_back(tmp_path, how, capsys):
+    acc, model, ema, (older, newest) = _ema_checkpoints(tmp_path)
+    names = sorted(p.name for p in newest.iterdir())
+    assert names == ["ema.safetensors", "manifest.json", "mlic_state.json", "model.safetensors", "optimizer.bin",
+                     "random_states_0.pkl", "scheduler.bin"]
+    for name in names:
+        original = (newest / name).read_bytes()
+        (newest / name).write_bytes(DAMAGES[how](original))
+        why = damage(newest)
+        assert why and (name in why or name == "manifest.json" and "manifest" in why), (name, why)
+        (newest / name).write_bytes(original)
+    assert damage(newest) is None and damage(older) is None
+
+    (newest / "optimizer.bin").write_bytes(DAMAGES[how]((newest / "optimizer.bin").read_bytes()))
+    weights = load_file(str(older / "model.safetensors"))
+    state, path = RunState.resume(acc, tmp_path / "ckpt", IDENTITY, ema=ema)
+    assert path == older and state.global_step == 1 and state.ema_updates == 1
+    warnings = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "epoch0000-step00000002 is unusable: optimizer.bin" in warnings[0]
+    assert all(torch.equal(acc.unwrap_model(model).state_dict()[k], v) for k, v in weights.items())
+    averaged = load_file(str(older / "ema.safetensors"))
+    assert all(torch.equal(ema.module.state_dict()[k], v) for k, v in averaged.items())
+
+    (older / "scheduler.bin").write_bytes(b"")
+    with pytest.raises(MlicError, match=r"^no usable checkpoint in .* \(2 damaged or unsafe, named above\)"):
+        RunState.resume(acc, tmp_path / "ckpt", IDENTITY, ema=ema)
+
+
+class _Payload:
+    """What an attacker plants: unpickling it runs a command (here: creates a marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_planted_pickles_never_run_even_with_the_manifest_rewritten_to_match(tmp_path, capsys):
+    acc, model, ema, (older, newest) = _ema_checkpoints(tmp_path)
+    marker = tmp_path / "PAYLOAD_RAN"
+    for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"):
+        torch.save({"state": _Payload(marker)}, newest / name)  # torch's own format, as a forger would
+    write_manifest(newest)  # the attacker can write the manifest too: it verifies
+    why = damage(newest)
+    assert why.startswith("custom_checkpoint_0.pkl holds objects that a weights-only load refuses"), why
+    for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
+        assert unsafe_pickle(newest / name) is not None
+    state, path = RunState.resume(acc, tmp_path / "ckpt", IDENTITY, ema=ema)
+    assert path == older and not marker.exists()
+    pickle_file = older / "optimizer.bin"  # a plain pickle, not torch's zip format
+    pickle_file.write_bytes(pickle.dumps(_Payload(marker)))
+    write_manifest(older)
+    with pytest.raises(MlicError, match="no usable checkpoint"):
+        RunState.resume(acc, tmp_path / "ckpt", IDENTITY, ema=ema)
+    assert not marker.exists()
+    assert capsys.readouterr().out.count("warning:") == 3
 
 
 def test_keep_prunes_the_oldest_and_leftovers_of_a_killed_save(tmp_path):

@@ -35,7 +35,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from mlic import faults
 from mlic.data.datasets import MultilabelImages
+from mlic.disk import device_of, writing
 from mlic.errors import DataError
 from mlic.labels import LabelMatrix
 
@@ -154,7 +156,8 @@ def _check_space(cache_dir: Path, needed: int, size: int, partial: Path) -> None
     stale = (f" ({len(others)} other unfinished cache(s) there hold {_gib(held)}: `*.u8.partial`, delete those "
              "whose dataset has changed)") if others else ""
     raise NoSpaceForCache(
-        f"the image cache needs {_gib(needed)} more in {cache_dir} but only {_gib(free)} is free{stale}: set "
+        f"no space left on {device_of(cache_dir)} writing the image cache (needs ~{max(1, round(needed / 1e6))} MB): "
+        f"it needs {_gib(needed)} more in {cache_dir} but only {_gib(free)} is free{stale}: set "
         f"data.cache=off (decode per image) or a smaller data.cache_size (now {size}), or data.cache_dir on a "
         "larger disk")
 
@@ -247,8 +250,18 @@ def _build(dataset: MultilabelImages, size: int, path: Path, workers: int, rows:
     partial, done_path = path.with_name(f"{path.name}.partial"), path.with_name(f"{path.name}.done")
     done = _done_rows(partial, done_path, n, size)
     todo = wanted if done is None else wanted[~done[wanted]]
+    needed = len(todo) * row_bytes + (n if done is None else 0)
+    faults.fill_point("cache", path.parent)
+    _check_space(path.parent, needed, size, partial)
+    with writing("the image cache", path.parent, needed, point="cache-rows"):  # the disk filled up meanwhile
+        _decode_all(dataset, size, path, workers, wanted, todo, done, partial, done_path, rows)
+
+
+def _decode_all(dataset: MultilabelImages, size: int, path: Path, workers: int, wanted: np.ndarray,
+                todo: np.ndarray, done: np.ndarray | None, partial: Path, done_path: Path,
+                rows: np.ndarray | None) -> None:
+    n, row_bytes = len(dataset), 3 * size * size
     finished = len(wanted) - len(todo)
-    _check_space(path.parent, len(todo) * row_bytes + (n if done is None else 0), size, partial)
     chunks = _chunks(todo)
     workers = max(1, min(workers, len(chunks)))
     pooled = workers > 1 and len(todo) >= POOL_MIN_ROWS
