@@ -37,7 +37,9 @@ def train_main(model: str, argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     try:
         from mlic.config import load_config
+        from mlic.disk import quiet_full_disk_in_threads
 
+        quiet_full_disk_in_threads()
         named = [f"model.name={model}"] if by_library(model) else []
         cfg = load_config(args.config or default_config(model), named + args.overrides)
         from mlic.engine import fit

@@ -2,7 +2,7 @@
 and a full disk reported as one line, whatever library was writing (torch.save's zip writer and
 safetensors raise their own errors without an errno; TensorBoard's thread raises at the next call).
 
-Every writer of the run folder and the cache goes through `writing(what, folder, needs)`; the failpoint
+Every writer of the run folder and the cache goes through `writing(what, folder, needs, point=...)`; the failpoint
 `MLIC_FAULT=fill-<point>:n` (`mlic.faults`) fills the file system right before the n-th such write.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,10 +78,10 @@ def no_space(what: str, folder: Path, needs: int) -> DiskFull:
 
 
 @contextmanager
-def writing(what: str, folder: Path, needs: int = 0, point: str | None = None) -> Iterator[None]:
+def writing(what: str, folder: Path, needs: int = 0, *, point: str) -> Iterator[None]:
     """A block that writes `what` (about `needs` bytes) under `folder`: a full disk becomes `DiskFull`,
-    every other error passes through. `point` names the failpoint (default: the first word of `what`)."""
-    faults.fill_point(point or what.split()[0], existing(folder))
+    every other error passes through. `point` names its failpoint (`fill-<point>`)."""
+    faults.fill_point(point, existing(folder))
     try:
         yield
     except MlicError:
@@ -89,6 +90,18 @@ def writing(what: str, folder: Path, needs: int = 0, point: str | None = None) -
         if out_of_space(exc, folder, needs):
             raise no_space(what, folder, needs) from None
         raise
+
+
+def quiet_full_disk_in_threads() -> None:
+    """A writer thread that dies of a full disk (TensorBoard's) prints no traceback: the main thread meets
+    the same error at its next call and reports it as one line. Other thread errors print as before."""
+    default = threading.excepthook
+
+    def hook(args) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in _FULL):
+            default(args)
+
+    threading.excepthook = hook
 
 
 def fsync_path(path: Path) -> None:

@@ -1,5 +1,6 @@
 """Failpoints for the reliability tests: `MLIC_FAULT=point:n[,point:n]` makes the n-th pass through a
 named point fail (`kill`: SIGKILL this process, as a dead node would; `nan`: a non-finite loss;
+`term-<point>`: SIGTERM, a stop request;
 `fill-<writer>`: the disk fills up right before that writer writes, as when another job fills a shared disk).
 Without the variable every call is a no-op. Kill points: step, eval, metrics, checkpoint, publish, export;
 nan; fill points: the writers of `mlic.disk.writing` (cache, config, figures, tensorboard, metrics, steps,
@@ -35,8 +36,11 @@ def hit(point: str) -> bool:
 
 
 def kill_point(point: str) -> None:
+    """`point`: SIGKILL here; `term-<point>`: a stop request (SIGTERM) arrives here."""
     if hit(point):
         os.kill(os.getpid(), signal.SIGKILL)
+    if hit(f"term-{point}"):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def fill_point(point: str, folder: Path) -> None:

@@ -31,7 +31,7 @@ def start_run_folder(run: Run) -> None:
     hosts = sorted(set(gather_object([socket.gethostname()])))  # the machines this run spans
 
     def write() -> None:
-        with writing("config.yaml", run.out):
+        with writing("config.yaml", run.out, point="config"):
             run.out.mkdir(parents=True, exist_ok=True)
             recover_export(run.out / "model")
             save_resolved(run.cfg, run.out / "config.yaml", world_size=acc.num_processes, machines=len(hosts),
@@ -125,7 +125,7 @@ def _data_figures(run: Run) -> None:
     figures = data_figures(labels, data.dataset.label_names, order, weights.numpy())
     writer = run.accelerator.get_tracker("tensorboard").writer if "tensorboard" in run.cfg.run.trackers else None
     try:
-        with writing("figures", run.out, 1 << 20):
+        with writing("figures", run.out, 1 << 20, point="figures"):
             save_figures(figures, run.out / "figures", writer)
     except MlicError:
         shutil.rmtree(run.out / "figures", ignore_errors=True)  # half of them: the resumed run draws them all

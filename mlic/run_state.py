@@ -95,7 +95,7 @@ class RunState:
         try:
             error = None
             try:
-                with writing(what, folder, needs):
+                with writing(what, folder, needs, point="checkpoint"):
                     accelerator.save_state(str(tmp))  # every rank writes its own random states
             except MlicError as exc:
                 error = exc

@@ -167,15 +167,16 @@ class Publisher:
         for line in lines:
             if self.state.get("epoch", 0) < line["epoch"] <= epochs_done:
                 by_epoch.setdefault(line["epoch"], {}).update(epoch_scalars(line))
+        if not (steps or by_epoch):
+            return
         with writing("tracker logs (TensorBoard events)", self.out, point="tensorboard"):
             for step, values in steps:
                 self._log(values, step, "global_step")
             for epoch in sorted(by_epoch):
                 self._log(by_epoch[epoch], epoch, "epoch")
-        if steps or by_epoch:
-            self.state["step"] = max([self.state.get("step", 0), *(s for s, _ in steps)])
-            self.state["epoch"] = max([self.state.get("epoch", 0), *by_epoch])
-            write_state(self.out, self.state)
+        self.state["step"] = max([self.state.get("step", 0), *(s for s, _ in steps)])
+        self.state["epoch"] = max([self.state.get("epoch", 0), *by_epoch])
+        write_state(self.out, self.state)
 
     def _log(self, values: dict[str, float], step: int, axis: str) -> None:
         for tracker in self.acc.trackers:
