@@ -138,10 +138,12 @@ class RunState:
         `ema`) from it; None when there is none. A checkpoint of another model or label set is refused
         before any load."""
         if accelerator.distributed_type == DistributedType.DEEPSPEED and not trust_pickles and complete_checkpoints(folder):
-            raise ConfigError(
+            refused = ConfigError(
                 f"the checkpoints in {folder} hold DeepSpeed's engine state, which DeepSpeed can only read by "
                 "unpickling it (a pickle can run any code): resume them only if you trust this folder, with "
                 "train.trust_checkpoint_pickles=true, or start over in another run.output_dir")
+            refused.same_on_every_rank = True  # every rank refuses alike: printed once
+            raise refused
         path = choose_checkpoint(accelerator, folder, trust_pickles)
         if path is None:
             return None

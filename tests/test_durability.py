@@ -52,10 +52,11 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-def _plant(folder: Path, marker: Path) -> None:
-    """A pickle that runs a command in every file accelerate unpickles, one more it would, and a manifest
-    that matches them all: what someone who can write the run folder can do."""
-    for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"):
+def plant(folder: Path, marker: Path) -> None:
+    """A pickle that runs a command in every file accelerate unpickles (every rank's), one more it would,
+    and a manifest that matches them all: what someone who can write the run folder can do."""
+    names = ["optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl", *(p.name for p in folder.glob("random_states_*"))]
+    for name in names:
         torch.save({"state": _Payload(marker)}, folder / name)
     (folder / "ema.pkl").write_bytes(pickle.dumps(_Payload(marker)))
     write_manifest(folder)
@@ -79,7 +80,7 @@ def test_planted_damaged_and_torn_files_fall_back_and_the_run_ends_as_the_uninte
     # Each restart finds its newest checkpoint spoiled one way, says so in one line, resumes from the one
     # before and dies again later; the last one finishes.
     spoil = [
-        ("step:14", lambda c: _plant(c, marker), "holds objects that a weights-only load refuses"),
+        ("step:14", lambda c: plant(c, marker), "holds objects that a weights-only load refuses"),
         ("step:8", lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:1000]),
          "model.safetensors has 1000 bytes"),
         ("step:9", lambda c: (c / "ema.safetensors").write_bytes(b""), "ema.safetensors has 0 bytes"),

@@ -8,12 +8,18 @@ loss and the metrics): the average must come back exactly too (YOLOX and DeiT bo
 bugs)."""
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from mlic.data.demo import demo_root
-from tests.conftest import VAL_COMPARED, assert_same_run, run_cmd
+from tests.conftest import REPO, VAL_COMPARED, assert_same_run, run_cmd
+from tests.test_durability import plant
 from tests.test_partial_labels import write_csv
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
@@ -25,7 +31,7 @@ LAUNCH = {"ddp": ("multi_cpu.yaml", {"ACCELERATE_USE_CPU": "true"}, RECIPE),
           "deepspeed": ("deepspeed_zero2_cpu.yaml", {}, [])}
 
 
-def _train(kind: str, run, port: int, fault: str | None = None):
+def _train(kind: str, run, port: int, fault: str | None = None, *extra: str):
     config, env, recipe = LAUNCH[kind]
     env = {**env, **({"MLIC_FAULT": fault} if fault else {})}
     if kind == "ddp":  # partial labels: the demo corpus as a csv with a third of the entries unknown
@@ -35,7 +41,7 @@ def _train(kind: str, run, port: int, fault: str | None = None):
             write_csv(demo_root(300, 0), partial, "labels", hide=1 / 3, seed=0)
         recipe = [*recipe, "data.format=csv", f"data.root={partial}"]
     return run_cmd(["accelerate", "launch", "--config_file", f"launch/{config}", "--main_process_port", str(port),
-                    "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *recipe, f"run.output_dir={run}"],
+                    "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *recipe, f"run.output_dir={run}", *extra],
                    timeout=900, env=env)
 
 
@@ -59,12 +65,30 @@ def test_two_process_run_killed_after_a_mid_epoch_checkpoint_resumes_exactly(tmp
     state = json.loads(next((straight / "checkpoints").glob("epoch*/mlic_state.json")).read_text())
     assert state["identity"].get("partial_labels", False) == (kind == "ddp")  # the masked objective is on
 
-    killed = _train(kind, resumed, port, fault="step:6")  # each rank dies at its 6th step, after the step-4 save
-    assert killed.returncode != 0
-    assert [p.name for p in (resumed / "checkpoints").iterdir() if p.name.startswith("epoch")] == ["epoch0001-step00000004"]
-    done = _train(kind, resumed, port)
+    if kind == "deepspeed":
+        killed = _train(kind, resumed, port, "step:6")  # each rank dies at its 6th step, after the step-4 save
+        assert killed.returncode != 0
+        assert [p.name for p in (resumed / "checkpoints").iterdir() if p.name.startswith("epoch")] == ["epoch0001-step00000004"]
+        # DeepSpeed can only unpickle its engine state: resumed only with the opt-in that names the risk
+        refused = _train(kind, resumed, port)
+        assert refused.returncode != 0 and f'File "{REPO}/mlic' not in refused.stderr, refused.stderr[-3000:]
+        assert refused.stderr.count("train.trust_checkpoint_pickles=true") == 1, refused.stderr[-3000:]
+        done = _train(kind, resumed, port, None, "train.trust_checkpoint_pickles=true")
+        newest = "epoch0001-step00000004"
+    else:
+        killed = _train(kind, resumed, port, "step:10")  # saves at steps 4, 7 (epoch 1's end) and 8, then dies
+        assert killed.returncode != 0
+        kept = sorted(p.name for p in (resumed / "checkpoints").iterdir() if p.name.startswith("epoch"))
+        assert kept == ["epoch0001-step00000007", "epoch0002-step00000008"]
+        marker = tmp_path / "PAYLOAD_RAN"
+        plant(resumed / "checkpoints" / kept[-1], marker)  # both ranks' files, the manifest rewritten to match
+        done = _train(kind, resumed, port)
+        assert not marker.exists()
+        warnings = [x for x in done.stdout.splitlines() if x.startswith("warning: checkpoint")]
+        assert len(warnings) == 1 and "holds objects that a weights-only load refuses" in warnings[0], done.stdout[-3000:]
+        newest = kept[0]
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resumed from" in done.stdout and "epoch0001-step00000004" in done.stdout
+    assert "resumed from" in done.stdout and newest in done.stdout
 
     assert_same_run(straight, resumed, [1, 2])  # val lines of the weights, and the exported model
     if kind == "ddp":  # the average: its own val lines, exported, and apart from the weights
@@ -75,3 +99,30 @@ def test_two_process_run_killed_after_a_mid_epoch_checkpoint_resumes_exactly(tmp
                 assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["epoch"], key)
         assert json.loads((resumed / "model" / "config.json").read_text())["weights"] == "ema"
         assert any(abs(r["loss"] - e["loss"]) > 1e-4 for r, e in zip(_lines(straight, "val"), a))
+
+
+def test_a_full_disk_under_two_processes_stops_every_rank_with_one_line_and_the_same_command_resumes(tmpfs):
+    """The disk fills up right before the second checkpoint (the main process writes the shared files, each
+    rank its random states): every rank learns it at the same point, the launcher ends within seconds with
+    the error printed once, and after the disk grows the same command resumes from the first checkpoint."""
+    run = tmpfs.path / "run"
+    cmd = ["accelerate", "launch", "--config_file", "launch/multi_cpu.yaml", "--main_process_port", "29547",
+           "train/cnn.py", "--config", "configs/demo.yaml", *TINY, f"run.output_dir={run}",
+           f"data.cache_dir={tmpfs.path / 'cache'}"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "MLIC_FAULT": "fill-checkpoint:2",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=600)
+    ended = time.time()
+    ballast = min(p.stat().st_mtime for p in tmpfs.path.rglob(".ballast-*"))  # when the disk became full
+    assert proc.returncode != 0
+    assert err.count("error: no space left on") == 1 and "writing checkpoint epoch0001-step00000007" in err, err[-3000:]
+    assert f'File "{REPO}/mlic' not in err, err[-3000:]  # no traceback from the ranks (the launcher prints its own)
+    assert ended - ballast < 30, ended - ballast  # every rank gone within seconds, no collective timeout
+    assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("epoch")] == ["epoch0001-step00000004"]
+    tmpfs.resize(160)  # grown in place, the ballast still there
+    env.pop("MLIC_FAULT")
+    done = run_cmd(cmd, timeout=600, env={"ACCELERATE_USE_CPU": "true", "MLIC_FAULT": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout and "epoch0001-step00000004" in done.stdout
+    assert [x["epoch"] for x in _lines(run, "val")] == [1, 2]
