@@ -80,7 +80,7 @@ def no_space(what: str, folder: Path, needs: int) -> DiskFull:
 @contextmanager
 def writing(what: str, folder: Path, needs: int = 0, *, point: str) -> Iterator[None]:
     """A block that writes `what` (about `needs` bytes) under `folder`: a full disk becomes `DiskFull`,
-    every other error passes through. `point` names its failpoint (`fill-<point>`)."""
+    another OSError (permissions, a read-only file system) a one-line `MlicError`; the rest passes through. `point` names its failpoint (`fill-<point>`)."""
     faults.fill_point(point, existing(folder))
     try:
         yield
@@ -89,6 +89,8 @@ def writing(what: str, folder: Path, needs: int = 0, *, point: str) -> Iterator[
     except Exception as exc:  # torch (RuntimeError), safetensors (SafetensorError), OSError, matplotlib...
         if out_of_space(exc, folder, needs):
             raise no_space(what, folder, needs) from None
+        if isinstance(exc, OSError):  # permissions, a read-only or failing file system
+            raise MlicError(f"writing {what} into {folder} failed: {exc}") from None
         raise
 
 

@@ -81,7 +81,7 @@ def infer(model, loader, transform) -> np.ndarray:
     mixed precision as launched), through the engine's gather-once `predict`."""
     from accelerate import Accelerator
 
-    from mlic.engine import predict_logits
+    from mlic.evaluation import predict_logits
 
     accelerator = Accelerator()
     model = accelerator.prepare_model(model, evaluation_mode=True)

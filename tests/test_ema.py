@@ -96,7 +96,8 @@ def test_an_ema_run_reports_selects_exports_and_checkpoints_the_average(tmp_path
     assert meta["epoch"] == best["epoch"] and meta["val_metrics"]["mAP"] == pytest.approx(best["mAP"])
     # the exported weights are the average that the checkpoint of that epoch holds
     checkpoint = next((run / "checkpoints").glob(f"epoch{best['epoch']:04d}-*"))
-    saved = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=True)
+    saved = load_file(checkpoint / "ema.safetensors")  # mlic's own file: no pickle in a checkpoint of mlic's
+    assert not list(checkpoint.glob("*.pkl")) or [p.name for p in checkpoint.glob("*.pkl")] == ["random_states_0.pkl"]
     exported = load_file(run / "model" / "model.safetensors")
     assert exported.keys() == saved.keys() and all(torch.equal(exported[k], saved[k]) for k in saved)
     state = json.loads((checkpoint / "mlic_state.json").read_text())["run"]
