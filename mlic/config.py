@@ -238,7 +238,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                if float(value) == value:  # an int beyond 2**53 would silently become another number
+                    return float(value)
+            except OverflowError:
+                pass
         if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
             try:
                 return float(value)

@@ -57,8 +57,9 @@ def device_of(path: Path) -> str:
 
 
 def out_of_space(exc: BaseException, folder: Path, needs: int) -> bool:
-    """Whether `exc` (or what caused it) is a full disk: an ENOSPC/EDQUOT anywhere in its chain or text,
-    or any write error while `folder`'s file system has less free space than the write needs."""
+    """Whether `exc` (or what caused it) is a full disk: an ENOSPC/EDQUOT anywhere in its chain or text, or
+    a write error of a kind the writers raise (OSError; torch's zip writer: RuntimeError; safetensors'
+    error) while `folder`'s file system has less free space than the write needs."""
     seen = exc
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in _FULL:
@@ -66,6 +67,8 @@ def out_of_space(exc: BaseException, folder: Path, needs: int) -> bool:
         if any(text in str(seen).lower() for text in _FULL_TEXTS):
             return True
         seen = seen.__cause__ or seen.__context__
+    if not (isinstance(exc, OSError | RuntimeError) or type(exc).__name__ == "SafetensorError"):
+        return False  # a bug (TypeError, KeyError...) on a nearly full disk is still a bug
     try:
         return shutil.disk_usage(existing(folder)).free < max(needs, 1 << 20)
     except OSError:

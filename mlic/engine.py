@@ -285,6 +285,7 @@ def resume(run: Run) -> RunState:
 
 
 def save_checkpoint(run: Run, state: RunState) -> None:
+    on_main(run.accelerator, run.tracking.raise_failed)  # a step log that failed: stop before this checkpoint
     share_buffers(run.accelerator, run.model)
     state.sampler = run.data.sampler.state_dict()
     state.save(run.accelerator, run.out / "checkpoints", run.identity, run.cfg.train.keep_checkpoints, run.ema,

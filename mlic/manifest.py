@@ -77,10 +77,14 @@ def damage(folder: Path, trust_pickles: bool = False) -> str | None:
         path = present.get(name)
         if path is None:
             return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} has {path.stat().st_size} bytes, its manifest says {size}"
-        if file_digest(path) != sha:
-            return f"{name} does not match its hash (changed or damaged)"
+        try:
+            actual = path.stat().st_size
+            if actual != size:
+                return f"{name} has {actual} bytes, its manifest says {size}"
+            if file_digest(path) != sha:
+                return f"{name} does not match its hash (changed or damaged)"
+        except OSError as exc:  # a bad sector (EIO), a file this user cannot read
+            return f"{name} cannot be read ({exc.strerror or exc})"
     for name, path in sorted(present.items()):
         if not name.endswith(PICKLE_SUFFIXES) or (trust_pickles and name.endswith(DEEPSPEED_SUFFIXES)):
             continue  # safetensors and JSON run nothing when parsed; DeepSpeed's files were opted in

@@ -117,9 +117,13 @@ def write_onnx(wrapper: ProbabilityModel, meta: dict, side: int, path: Path, ops
     program.model.doc_string = (f"mlic {meta['architecture']['name']}: {INPUT} uint8 N x 3 x {side} x {side} RGB "
                                 f"-> {OUTPUT} N x {len(meta['label_names'])} (sigmoid); see metadata_props mlic.*")
     needs = sum(t.numel() * t.element_size() for t in wrapper.state_dict().values())
-    with writing(f"the ONNX model {path}", path.parent, needs, point="onnx"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        program.save(str(path))
+    try:
+        with writing(f"the ONNX model {path}", path.parent, needs, point="onnx"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            program.save(str(path))
+    except MlicError:
+        path.unlink(missing_ok=True)  # a truncated model would load as a broken one
+        raise
 
 
 def check_onnx(path: Path, wrapper: ProbabilityModel, side: int) -> float:

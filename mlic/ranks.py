@@ -1,7 +1,9 @@
 """Errors that one rank meets and all must act on: the main process writes the run folder alone, and a
-rank that stops alone leaves the others waiting in their next collective until the launcher's timeout."""
+rank that stops alone leaves the others waiting in their next collective until the launcher ends them."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from accelerate.utils import gather_object
 
@@ -9,33 +11,39 @@ from mlic.errors import MlicError
 
 
 class RankError(MlicError):
-    """Another rank's error, raised on every rank with the same text (the CLI prints it once)."""
+    """Another rank's error, raised on every rank that had none, with its text (the CLI prints it once)."""
 
     same_on_every_rank = True
 
 
-def raise_together(accelerator, error: MlicError | None) -> None:
+def _text(error: BaseException) -> str:
+    if isinstance(error, MlicError):
+        return str(error)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first}"
+
+
+def raise_together(accelerator, error: BaseException | None) -> None:
     """Every rank calls this at the same point with its own error or None: if any rank had one, every rank
-    raises (this rank's own error, else the first rank's text). One small gather; nothing with one process."""
+    raises, its own error as it is (a bug keeps its traceback), the others `RankError` with the first
+    failing rank's text. One small gather; nothing more with one process."""
     if accelerator.num_processes > 1:
-        texts = gather_object([None if error is None else str(error)])
+        texts = gather_object([None if error is None else _text(error)])
         first = next((text for text in texts if text is not None), None)
         if first is not None and error is None:
-            error = RankError(first)
-        elif error is not None:
-            error.same_on_every_rank = True
-            if first != str(error):  # several ranks failed: all show the first one's line
-                error = RankError(first)
+            raise RankError(first)
+        if isinstance(error, MlicError):
+            error.same_on_every_rank = True  # rank 0 prints its line; the others raise alike, silently
     if error is not None:
         raise error
 
 
-def on_main(accelerator, write) -> None:
+def on_main(accelerator, write: Callable[[], None]) -> None:
     """Call `write()` on the main process only, then let every rank share its outcome (`raise_together`)."""
     error = None
     if accelerator.is_main_process:
         try:
             write()
-        except MlicError as exc:
+        except Exception as exc:  # noqa: BLE001 (every rank must learn of any failure, then it is re-raised)
             error = exc
     raise_together(accelerator, error)

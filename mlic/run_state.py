@@ -25,10 +25,10 @@ from accelerate.utils import DistributedType, broadcast_object_list
 from safetensors.torch import load_model, save_model
 
 from mlic import faults
-from mlic.disk import fsync_path, writing
+from mlic.disk import fsync_path, no_space, writing
 from mlic.errors import ConfigError, MlicError
 from mlic.manifest import damage, manifest_bytes, write_manifest
-from mlic.ranks import RankError, raise_together
+from mlic.ranks import RankError, on_main, raise_together
 
 STATE_FILE = "mlic_state.json"
 EMA_FILE = "ema.safetensors"
@@ -88,48 +88,35 @@ class RunState:
         what = f"checkpoint {final.name}"
         previous = latest_checkpoint(folder)
         needs = (manifest_bytes(previous) if previous else None) or needs
-        if accelerator.is_main_process:
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        on_main(accelerator, lambda: _prepare(folder, tmp, what))
+        # Every rank, before anyone writes: a rank that failed inside accelerate's save (DeepSpeed's has
+        # collectives of its own) could leave the others in one of them.
+        raise_together(accelerator, no_space(what, folder, needs) if shutil.disk_usage(folder).free < needs else None)
         try:
             error = None
             try:
                 with writing(what, folder, needs, point="checkpoint"):
                     accelerator.save_state(str(tmp))  # every rank writes its own random states
-            except MlicError as exc:
+            except Exception as exc:  # noqa: BLE001 (shared with every rank, then re-raised)
                 error = exc
             raise_together(accelerator, error)
-            if accelerator.is_main_process:
-                try:
-                    with writing(what, folder, needs, point="checkpoint-files"):
-                        self._write_own_files(tmp, identity, ema)
-                except MlicError as exc:
-                    error = exc
-            raise_together(accelerator, error)
-        except MlicError:
+            on_main(accelerator, lambda: self._write_own_files(tmp, identity, ema, what, needs))
+        except BaseException:
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         faults.kill_point("checkpoint")  # a kill here leaves only a .tmp- folder: never chosen for resume
-        if accelerator.is_main_process:
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            fsync_path(folder)  # the rename itself reaches the disk
-            for old in complete_checkpoints(folder)[:-keep] if keep > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
-            for stale in folder.glob(".tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        on_main(accelerator, lambda: _publish(tmp, final, keep, what))
         return final
 
-    def _write_own_files(self, tmp: Path, identity: dict[str, Any], ema) -> None:
+    def _write_own_files(self, tmp: Path, identity: dict[str, Any], ema, what: str, needs: int) -> None:
         """mlic's files beside accelerate's, then the manifest of them all (every file fsynced)."""
-        if ema is not None:
-            save_model(ema.module, str(tmp / EMA_FILE))
-        doc = {"format": FORMAT, "run": dataclasses.asdict(self), "identity": identity}
-        (tmp / STATE_FILE).write_text(json.dumps(doc, indent=1))
-        write_manifest(tmp)
+        with writing(what, tmp.parent, needs, point="checkpoint-files"):
+            if ema is not None:
+                save_model(ema.module, str(tmp / EMA_FILE))
+            doc = {"format": FORMAT, "run": dataclasses.asdict(self), "identity": identity}
+            (tmp / STATE_FILE).write_text(json.dumps(doc, indent=1))
+            write_manifest(tmp)
 
     @classmethod
     def resume(cls, accelerator, folder: Path, identity: dict[str, Any], ema=None,
@@ -194,28 +181,78 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _prepare(folder: Path, tmp: Path, what: str) -> None:
+    with writing(what, folder, point="checkpoint-folder"):
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, final: Path, keep: int, what: str) -> None:
+    """Rename the written checkpoint into place (a checkpoint of the same name, as a stop during evaluation
+    leaves, is set aside first and removed after, so a kill in between loses neither), then prune."""
+    folder = final.parent
+    with writing(what, folder, point="checkpoint-rename"):
+        old = folder / f".old-{final.name}"
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        tmp.rename(final)
+        fsync_path(folder)  # the rename itself reaches the disk
+        shutil.rmtree(old, ignore_errors=True)
+        for stale in complete_checkpoints(folder)[:-keep] if keep > 0 else []:
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in folder.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _recover(folder: Path) -> None:
+    """A checkpoint set aside by `_publish` when a kill came before its replacement was in place."""
+    for old in folder.glob(".old-*") if folder.is_dir() else []:
+        name = folder / old.name.removeprefix(".old-")
+        if name.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(name)
+
+
 def choose_checkpoint(accelerator, folder: Path, trust_pickles: bool = False) -> Path | None:
     """The newest complete checkpoint that verifies (`mlic.manifest.damage`), the same on every rank (the
     main process verifies, then tells the others); a warning for each one skipped; None when there is
     none; an error when there are some and none verifies."""
     name = problem = None
     if accelerator.is_main_process:
-        found = complete_checkpoints(folder)
-        for path in reversed(found):
-            why = damage(path, trust_pickles)
-            if why is None:
-                name = path.name
-                break
-            print(f"warning: checkpoint {path} is unusable: {why}; "
-                  f"{'trying the one before it' if path != found[0] else 'there is no other'}", flush=True)
-        if found and name is None:
-            problem = (f"no usable checkpoint in {folder} ({len(found)} damaged or unsafe, named above); restore "
-                       "them from a copy, or move checkpoints/ aside to start the run over")
+        try:
+            name, problem = _verify_newest(folder, trust_pickles)
+        except Exception as exc:  # noqa: BLE001 (every rank must hear of it, not wait in the broadcast)
+            problem = f"checking the checkpoints in {folder} failed: {type(exc).__name__}: {exc}"
     if accelerator.num_processes > 1:
         name, problem = broadcast_object_list([name, problem])
     if problem:
         raise RankError(problem)
     return folder / name if name else None
+
+
+def _verify_newest(folder: Path, trust_pickles: bool) -> tuple[str | None, str | None]:
+    """(the newest checkpoint that verifies, None), or (None, why none can be used); the ones newer than the
+    chosen one are named in a warning each and set aside as `.unusable-NAME` (kept for a look, never
+    chosen or counted by `keep` again)."""
+    _recover(folder)
+    found = complete_checkpoints(folder)
+    skipped = []
+    for path in reversed(found):
+        why = damage(path, trust_pickles)
+        if why is None:
+            for bad in skipped:
+                shutil.rmtree(bad.with_name(f".unusable-{bad.name}"), ignore_errors=True)
+                bad.rename(bad.with_name(f".unusable-{bad.name}"))
+            return path.name, None
+        skipped.append(path)
+        print(f"warning: checkpoint {path} is unusable: {why}; "
+              f"{'trying the one before it' if path != found[0] else 'there is no other'}", flush=True)
+    if found:
+        return None, (f"no usable checkpoint in {folder} ({len(found)} damaged or unsafe, named above); restore "
+                      "them from a copy, or move checkpoints/ aside to start the run over")
+    return None, None
 
 
 @contextmanager

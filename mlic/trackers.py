@@ -22,10 +22,10 @@ from typing import Any
 from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracker, WandBTracker
 
 from mlic.config import Config
-from mlic.disk import DiskFull, replace_text, writing
+from mlic.disk import replace_text, writing
 from mlic.errors import ConfigError, MlicError
 from mlic.jsonl import read_jsonl, trim_jsonl
-from mlic.ranks import raise_together
+from mlic.ranks import on_main
 
 STATE_FILE = "trackers.json"
 STEPS_FILE = "steps.jsonl"  # the step logs (train.log_every), main process, one JSON line per logged step
@@ -60,7 +60,11 @@ def _check_mlflow_store() -> None:
 
 def read_state(out: Path) -> dict[str, Any]:
     path = out / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError as exc:  # written atomically: only a hand or a bad disk damages it
+        raise MlicError(f"{path}: not valid JSON ({exc}); delete it to start new tracker runs for this run "
+                        "folder") from None
 
 
 def write_state(out: Path, state: dict[str, Any]) -> None:
@@ -105,24 +109,30 @@ class Publisher:
 
     def __init__(self, accelerator, out: Path, resumed_step: int):
         """`resumed_step`: the global step of the checkpoint this start resumed (0: a fresh start)."""
-        self.acc, self.out = accelerator, out
+        self.acc, self.out, self.resumed_step = accelerator, out, resumed_step
         self.pending: list[tuple[int, dict[str, float]]] = []  # step logs waiting for a checkpoint
-        self.failed: DiskFull | None = None  # a step log's full disk, raised at the next checkpoint's publish
-        self.state = tracker_state(out, resumed_step > 0) if accelerator.is_main_process else {}
-        if accelerator.is_main_process:
-            self.pending = _trim_steps(out / STEPS_FILE, resumed_step, after=self.state.get("step", 0))
+        self.failed: MlicError | None = None  # a step log's failed write: raised before the next checkpoint
+        self.state: dict[str, Any] = {}
 
     def start(self, config: dict[str, Any]) -> None:
-        """Every rank calls this (accelerate starts the trackers on the main process only)."""
-        error = None
-        try:
+        """Every rank calls this; the main process reads and trims what an earlier start left and starts the
+        trackers (accelerate starts them on the main process only), and every rank learns how it went."""
+
+        def begin() -> None:
+            self.state = tracker_state(self.out, self.resumed_step > 0)
+            with writing(STEPS_FILE, self.out, point="steps-trim"):
+                self.pending = _trim_steps(self.out / STEPS_FILE, self.resumed_step, after=self.state.get("step", 0))
             with writing("the trackers' first records", self.out, point="tensorboard"):
                 self.acc.init_trackers("mlic")  # the project names are set on the trackers themselves
-                if self.acc.is_main_process:
-                    self._record_start(config)
-        except MlicError as exc:
-            error = exc
-        raise_together(self.acc, error)
+                self._record_start(config)
+
+        on_main(self.acc, begin)
+
+    def raise_failed(self) -> None:
+        """Before a checkpoint (main process): a step log that could not be written stops the run there, so
+        that the resumed run trains and logs those steps again."""
+        if self.failed is not None:
+            raise self.failed
 
     def _record_start(self, config: dict[str, Any]) -> None:
         for tracker in self.acc.trackers:
@@ -147,7 +157,7 @@ class Publisher:
                         tracker.log(values, step=step)
             with writing(STEPS_FILE, self.out, point="steps"), (self.out / STEPS_FILE).open("a") as fh:
                 fh.write(json.dumps({"step": step, **values}) + "\n")  # a kill before the next checkpoint loses no step
-        except DiskFull as exc:
+        except MlicError as exc:  # a full disk, a file system gone read-only
             self.failed = exc
             return
         self.pending.append((step, values))
@@ -158,8 +168,6 @@ class Publisher:
         completes, read only when it completes one."""
         if not self.acc.is_main_process:
             return
-        if self.failed is not None:
-            raise self.failed
         lines = read_jsonl(metrics) if epochs_done > self.state.get("epoch", 0) else []
         steps = [(s, v) for s, v in self.pending if self.state.get("step", 0) < s <= global_step]
         self.pending = [(s, v) for s, v in self.pending if s > global_step]

@@ -131,12 +131,14 @@ def test_a_stop_during_evaluation_saves_the_trained_epoch_and_the_resume_only_ev
 
 # The run's writers in the order a run meets them; each restart fills the disk right before its writer
 # (a failpoint writes a ballast file until the tmpfs is full), then the space is freed as a user would.
-# Each `what` is how the error line names the write (the step logs and TensorBoard's step events are
-# reported at the next checkpoint, which the full disk stops first).
+# Each `what` is how the error line names the write (the step logs and TensorBoard's step events, written
+# by the main process alone inside the training loop, are reported right before the next checkpoint).
 WRITERS = [
     ("cache", "the image cache"), ("cache-rows", "the image cache"), ("config", "config.yaml"),
     ("tensorboard", "the trackers' first records"), ("trackers", "trackers.json"), ("figures", "figures"),
-    ("steps", "checkpoint epoch0001-step00000005"), ("checkpoint:2", "checkpoint epoch0001-step00000010"),
+    ("steps", "steps.jsonl"), ("checkpoint:2", "checkpoint epoch0001-step00000010"),
+    # TensorBoard's step events and the step log are appended to files whose last tmpfs page has room: the
+    # checkpoint after them is the first write that needs a new page
     ("tensorboard-steps", "checkpoint epoch0001-step00000010"), ("metrics", "metrics.jsonl"),
     ("export", "the model export"), ("checkpoint-files", "checkpoint epoch0001"),
     ("tensorboard:2", "tracker logs"),

@@ -106,7 +106,7 @@ def test_a_full_disk_under_two_processes_stops_every_rank_with_one_line_and_the_
     rank its random states): every rank learns it at the same point, the launcher ends within seconds with
     the error printed once, and after the disk grows the same command resumes from the first checkpoint."""
     run = tmpfs.path / "run"
-    cmd = ["accelerate", "launch", "--config_file", "launch/multi_cpu.yaml", "--main_process_port", "29547",
+    cmd = ["accelerate", "launch", "--config_file", "launch/multi_cpu.yaml", "--main_process_port", "29571",
            "train/cnn.py", "--config", "configs/demo.yaml", *TINY, f"run.output_dir={run}",
            f"data.cache_dir={tmpfs.path / 'cache'}"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "MLIC_FAULT": "fill-checkpoint:2",

@@ -128,9 +128,9 @@ def test_best_model_is_the_lowest_loss_or_the_highest_f1(tmp_path, monkeypatch):
     """`train.select_metric` on a loss selects its minimum (the sign flip), on a score its maximum; the
     exported model is the one of that epoch. The validation figures are scripted, so that the right
     choice is neither the wrong sign's nor the last epoch's, whatever training does."""
-    import mlic.engine as engine
+    import mlic.evaluation as evaluation
 
-    real_evaluate = engine.evaluate
+    real_evaluate = evaluation.evaluate
     for metric, expected in (("val/loss", 2), ("val/f1_macro", 1)):
         calls = []
 
@@ -140,7 +140,7 @@ def test_best_model_is_the_lowest_loss_or_the_highest_f1(tmp_path, monkeypatch):
             calls.append(1)
             return metrics, thresholds
 
-        monkeypatch.setattr(engine, "evaluate", scripted)
+        monkeypatch.setattr(evaluation, "evaluate", scripted)
         run = tmp_path / metric.replace("/", "_")
         _fit(run, "train.epochs=3", "train.max_steps_per_epoch=2", "eval.thresholds=fixed",
              f"train.select_metric={metric}")
