@@ -5,7 +5,10 @@ Under DeepSpeed ZeRO-2 with the default settings; under DDP with every piece tha
 randomness on (the EMA of the weights, ASL, RandAugment, Cutout, MixUp, CutMix, the balanced sampler's
 `least_sampled` counts), on partial labels (a csv with a third of the entries unknown, masked out of the
 loss and the metrics): the average must come back exactly too (YOLOX and DeiT both shipped EMA resume
-bugs)."""
+bugs). There, the two newest checkpoints are spoiled before the resume (pickles planted in both ranks'
+files with the manifest rewritten; rank 1's random states truncated): it falls back to the third. DeepSpeed
+resumes only with train.trust_checkpoint_pickles. A full disk under 2 processes: every rank stops within
+seconds, with one line."""
 
 import json
 import os
@@ -76,16 +79,21 @@ def test_two_process_run_killed_after_a_mid_epoch_checkpoint_resumes_exactly(tmp
         done = _train(kind, resumed, port, None, "train.trust_checkpoint_pickles=true")
         newest = "epoch0001-step00000004"
     else:
-        killed = _train(kind, resumed, port, "step:10")  # saves at steps 4, 7 (epoch 1's end) and 8, then dies
+        keep3 = "train.keep_checkpoints=3"
+        killed = _train(kind, resumed, port, "step:13", keep3)  # saves at 4, 7 (epoch 1's end), 8, 12; then dies
         assert killed.returncode != 0
         kept = sorted(p.name for p in (resumed / "checkpoints").iterdir() if p.name.startswith("epoch"))
-        assert kept == ["epoch0001-step00000007", "epoch0002-step00000008"]
+        assert kept == ["epoch0001-step00000007", "epoch0002-step00000008", "epoch0002-step00000012"]
         marker = tmp_path / "PAYLOAD_RAN"
-        plant(resumed / "checkpoints" / kept[-1], marker)  # both ranks' files, the manifest rewritten to match
-        done = _train(kind, resumed, port)
+        plant(resumed / "checkpoints" / kept[2], marker)  # both ranks' files, the manifest rewritten to match
+        rng = resumed / "checkpoints" / kept[1] / "random_states_1.pkl"  # rank 1's own file, truncated
+        rng.write_bytes(rng.read_bytes()[:100])
+        done = _train(kind, resumed, port, None, keep3)
         assert not marker.exists()
         warnings = [x for x in done.stdout.splitlines() if x.startswith("warning: checkpoint")]
-        assert len(warnings) == 1 and "holds objects that a weights-only load refuses" in warnings[0], done.stdout[-3000:]
+        assert len(warnings) == 2, done.stdout[-3000:]
+        assert kept[2] in warnings[0] and "holds objects that a weights-only load refuses" in warnings[0]
+        assert kept[1] in warnings[1] and "random_states_1.pkl has 100 bytes" in warnings[1]
         newest = kept[0]
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout and newest in done.stdout
