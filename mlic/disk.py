@@ -2,8 +2,8 @@
 and a full disk reported as one line, whatever library was writing (torch.save's zip writer and
 safetensors raise their own errors without an errno; TensorBoard's thread raises at the next call).
 
-Every writer of the run folder and the cache goes through `writing(what, folder, needs, point=...)`; the failpoint
-`MLIC_FAULT=fill-<point>:n` (`mlic.faults`) fills the file system right before the n-th such write.
+Every writer of the run folder and the cache goes through `writing(what, folder, needs, point=...)`; the
+failpoint `MLIC_FAULT=fill-<point>:n` (`mlic.faults`) fills the file system right before the n-th such write.
 """
 
 from __future__ import annotations
@@ -75,15 +75,25 @@ def out_of_space(exc: BaseException, folder: Path, needs: int) -> bool:
         return False
 
 
+def space_line(what: str, folder: Path, needs: int) -> str:
+    """'no space left on MOUNT (DEVICE) writing WHAT (needs ~N MB)': how every writer's full disk begins."""
+    return f"no space left on {device_of(folder)} writing {what} (needs ~{max(1, round(needs / 1e6))} MB)"
+
+
 def no_space(what: str, folder: Path, needs: int) -> DiskFull:
-    return DiskFull(f"no space left on {device_of(folder)} writing {what} (needs ~{max(1, round(needs / 1e6))} MB); "
-                    "free some space there and run the same command again")
+    return DiskFull(f"{space_line(what, folder, needs)}; free some space there and run the same command again")
+
+
+def tensor_bytes(tensors) -> int:
+    """The bytes `tensors` (an iterable) take, so about what writing them needs."""
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @contextmanager
 def writing(what: str, folder: Path, needs: int = 0, *, point: str) -> Iterator[None]:
     """A block that writes `what` (about `needs` bytes) under `folder`: a full disk becomes `DiskFull`,
-    another OSError (permissions, a read-only file system) a one-line `MlicError`; the rest passes through. `point` names its failpoint (`fill-<point>`)."""
+    another OSError (permissions, a read-only file system) a one-line `MlicError`; the rest passes through.
+    `point` names its failpoint (`fill-<point>`)."""
     faults.fill_point(point, existing(folder))
     try:
         yield

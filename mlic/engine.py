@@ -29,7 +29,7 @@ from mlic.build import (
 )
 from mlic.config import Config
 from mlic.data.policies import mix_batch
-from mlic.disk import writing
+from mlic.disk import tensor_bytes, writing
 from mlic.errors import MlicError
 from mlic.evaluation import evaluate, evaluate_epoch, predict_logits, share_buffers
 from mlic.export import export_model
@@ -295,7 +295,7 @@ def save_checkpoint(run: Run, state: RunState) -> None:
 
 def checkpoint_bytes(run: Run) -> int:
     """About what a first checkpoint takes: the weights, two optimizer moments of each (Adam), the EMA."""
-    weights = sum(t.numel() * t.element_size() for t in base_model(run.accelerator, run.model).state_dict().values())
+    weights = tensor_bytes(base_model(run.accelerator, run.model).state_dict().values())
     return weights * (3 + (run.ema is not None))
 
 

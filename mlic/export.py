@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from mlic import faults
 from mlic.config import ModelConfig
-from mlic.disk import fsync_path, writing
+from mlic.disk import fsync_path, tensor_bytes, writing
 from mlic.errors import MlicError
 
 WEIGHTS = "model.safetensors"
@@ -26,7 +26,7 @@ def export_model(state_dict: dict[str, torch.Tensor], out: Path, meta: dict[str,
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    needs = sum(t.numel() * t.element_size() for t in tensors.values())
+    needs = tensor_bytes(tensors.values())
     try:
         with writing(f"the model export {out}", out.parent, needs, point="export"):
             tmp.mkdir(parents=True)

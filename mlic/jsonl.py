@@ -16,7 +16,7 @@ from mlic.disk import replace_text
 from mlic.errors import MlicError
 
 
-def read_jsonl(path: Path, warn: bool = True) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Every line of `path` as a dict ([] when there is no such file); a torn last line is dropped."""
     if not path.exists():
         return []
@@ -31,9 +31,8 @@ def read_jsonl(path: Path, warn: bool = True) -> list[dict[str, Any]]:
             if n != lines[-1][0]:
                 raise MlicError(f"{path}, line {n}: not a JSON object ({exc}); the file is damaged: restore it, or "
                                 "delete the run's checkpoints/ to start the run over") from None
-            if warn:
-                print(f"warning: {path}, line {n}: a torn last line (a process stopped while writing it), dropped",
-                      flush=True)
+            print(f"warning: {path}, line {n}: a torn last line (a process stopped while writing it), dropped",
+                  flush=True)
             continue
         rows.append(row)
     return rows

@@ -42,13 +42,14 @@ def _files(folder: Path) -> list[Path]:
 def write_manifest(folder: Path) -> int:
     """Hash and fsync every file of `folder`, write the manifest (fsynced) and fsync every folder in it.
     Returns the bytes the checkpoint holds."""
+    paths = _files(folder)
     files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_digest(p, fsync=True)}
-             for p in _files(folder)}
+             for p in paths}
     with open(folder / MANIFEST, "w") as fh:
         json.dump({"algorithm": "sha256", "files": files}, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
-    for sub in sorted({folder, *(p.parent for p in _files(folder))}, key=lambda p: -len(p.parts)):
+    for sub in sorted({folder, *(p.parent for p in paths)}, key=lambda p: -len(p.parts)):
         fsync_path(sub)
     return sum(entry["size"] for entry in files.values())
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from mlic.config import config_from_dict
 from mlic.data.transforms import DeviceTransform
-from mlic.disk import writing
+from mlic.disk import tensor_bytes, writing
 from mlic.errors import MlicError
 from mlic.export import load_exported
 
@@ -116,7 +116,7 @@ def write_onnx(wrapper: ProbabilityModel, meta: dict, side: int, path: Path, ops
     program.model.metadata_props.update(metadata_props(meta, side))
     program.model.doc_string = (f"mlic {meta['architecture']['name']}: {INPUT} uint8 N x 3 x {side} x {side} RGB "
                                 f"-> {OUTPUT} N x {len(meta['label_names'])} (sigmoid); see metadata_props mlic.*")
-    needs = sum(t.numel() * t.element_size() for t in wrapper.state_dict().values())
+    needs = tensor_bytes(wrapper.state_dict().values())
     try:
         with writing(f"the ONNX model {path}", path.parent, needs, point="onnx"):
             path.parent.mkdir(parents=True, exist_ok=True)

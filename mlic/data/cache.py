@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from mlic import faults
 from mlic.data.datasets import MultilabelImages
-from mlic.disk import device_of, writing
+from mlic.disk import space_line, writing
 from mlic.errors import DataError
 from mlic.labels import LabelMatrix
 
@@ -156,8 +156,7 @@ def _check_space(cache_dir: Path, needed: int, size: int, partial: Path) -> None
     stale = (f" ({len(others)} other unfinished cache(s) there hold {_gib(held)}: `*.u8.partial`, delete those "
              "whose dataset has changed)") if others else ""
     raise NoSpaceForCache(
-        f"no space left on {device_of(cache_dir)} writing the image cache (needs ~{max(1, round(needed / 1e6))} MB): "
-        f"it needs {_gib(needed)} more in {cache_dir} but only {_gib(free)} is free{stale}: set "
+        f"{space_line('the image cache', cache_dir, needed)}: it needs {_gib(needed)} more in {cache_dir} but only {_gib(free)} is free{stale}: set "
         f"data.cache=off (decode per image) or a smaller data.cache_size (now {size}), or data.cache_dir on a "
         "larger disk")
 
