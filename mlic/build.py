@@ -20,8 +20,9 @@ from mlic.ema import WeightEma
 from mlic.errors import ConfigError
 from mlic.losses import build_loss
 from mlic.models import Preprocess, build_model, head_prefix, is_cnn
-from mlic.run_state import latest_checkpoint
-from mlic.trackers import make_trackers
+from mlic.run_state import check_pickle_trust, latest_checkpoint
+from mlic.selection import check_select_metric
+from mlic.trackers import check_trackers, make_trackers
 
 
 @dataclass
@@ -71,6 +72,30 @@ def check_ema(cfg: Config, accelerator: Accelerator) -> None:
                           "unset it (train.ema_decay=null) or train with DDP (a launch/ config without deepspeed)")
 
 
+def preflight(cfg: Config) -> Accelerator:
+    """The checks a config's own ranges cannot make, all before any data is read: the metric to select on
+    (it depends on the EMA and thresholds), the trackers' libraries and MLflow's store, the launcher's world
+    size, what DeepSpeed refuses (an EMA; its pickled checkpoints unless trusted). Returns the run's Accelerator."""
+    check_select_metric(cfg)
+    check_trackers(cfg)
+    accelerator = make_accelerator(cfg)
+    check_world_size(accelerator)
+    check_ema(cfg, accelerator)
+    check_pickle_trust(accelerator, Path(cfg.run.output_dir) / "checkpoints", cfg.train.trust_checkpoint_pickles)
+    return accelerator
+
+
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def check_batch_norm(cfg: Config, model: torch.nn.Module) -> None:
+    """BatchNorm normalises over the batch: one image per process has no spread to normalise by."""
+    if cfg.train.batch_size < 2 and any(isinstance(m, BATCH_NORMS) for m in model.modules()):
+        raise ConfigError("config key 'train.batch_size': 1 image per process cannot train this model's BatchNorm "
+                          "layers (they normalise over the batch); use 2 or more (train.grad_accum keeps the "
+                          "effective batch)" + (", or model.head_batchnorm=false" if cfg.model.head_batchnorm else ""))
+
+
 def make_accelerator(cfg: Config) -> Accelerator:
     handlers = []
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
@@ -88,8 +113,6 @@ def make_accelerator(cfg: Config) -> Accelerator:
         kwargs_handlers=handlers,
         step_scheduler_with_optimizer=False,  # the schedule's unit (epoch or step) is ours, whatever the world size
     )
-    check_world_size(accelerator)
-    check_ema(cfg, accelerator)
     return accelerator
 
 
@@ -166,6 +189,7 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     split = load_split(cfg)  # data errors surface before the model is built
     dataset = split[0]
     model, preprocess = build_model(cfg.model, dataset.num_labels)
+    check_batch_norm(cfg, model)
     preprocess = dataclasses.replace(preprocess, size=cfg.data.image_size or preprocess.size)
     channels_last = cfg.model.channels_last and torch.cuda.is_available() and is_cnn(model)
     data = build_data(cfg, accelerator, split, preprocess, channels_last)
@@ -192,3 +216,13 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     return Run(cfg, accelerator, Path(cfg.run.output_dir), data, model, optimizer, scheduler,
                loss_fn.to(accelerator.device), train_loader, val_loader, preprocess, identity,
                input_dtype(accelerator), steps_per_epoch(cfg, len(train_loader)), ema)
+
+
+def dry_run(cfg: Config) -> dict[str, Any]:
+    """`mlic train --dry-run`: the preflight and the whole build (data, model, `prepare`), then what the run
+    would train, without training or writing the run folder."""
+    run = build_run(cfg, preflight(cfg))
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    return {"model": cfg.model.name, "train_images": len(run.data.train), "val_images": len(run.data.val),
+            "labels": run.data.dataset.num_labels, "epochs": cfg.train.epochs, "steps_per_epoch": run.steps_per_epoch,
+            "trainable_parameters": trainable, "processes": run.accelerator.num_processes}

@@ -32,6 +32,8 @@ def train_main(model: str, argv: list[str] | None = None) -> int:
     A timm/ or hf/ name is the model to train, whatever the config file names."""
     parser = argparse.ArgumentParser(prog=f"train/{model}.py", description=f"Train {model} (Accelerate-aware).")
     parser.add_argument("--config", help=f"experiment YAML (default: configs/{model}.yaml)")
+    parser.add_argument("--dry-run", action="store_true", help="check the config and build the run (data, model, "
+                        "accelerate's prepare), print what it would train, and stop")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-4 train.epochs=2")
     # intermixed: `--config` may come after overrides, as when slurm/*.sh puts run.output_dir first
     args = parser.parse_intermixed_args(argv)
@@ -42,6 +44,13 @@ def train_main(model: str, argv: list[str] | None = None) -> int:
         quiet_full_disk_in_threads()
         named = [f"model.name={model}"] if by_library(model) else []
         cfg = load_config(args.config or default_config(model), named + args.overrides)
+        if args.dry_run:
+            from mlic.build import dry_run
+
+            plan = dry_run(cfg)
+            print("dry run, nothing trained: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                                                          for k, v in plan.items()))
+            return 0
         from mlic.engine import fit
 
         fit(cfg)  # a stop request ends it early, after its checkpoint: exit 0, rerunning resumes
@@ -75,6 +84,7 @@ def _mosaic_data(args) -> int:
 
 def _check_data(args) -> int:
     from mlic.data.check import check_data
+    from mlic.data.datasets import printable
 
     labels = set(args.labels.split(",")) if args.labels else None
     problems, warnings, notes = check_data(args.root, args.format, labels, args.workers, args.image_column,
@@ -84,7 +94,7 @@ def _check_data(args) -> int:
         print(line)
     for line in warnings + notes:  # conversions training makes too: stderr, so stdout stays one line per problem
         print(line, file=sys.stderr)
-    print(f"{len(problems)} problem(s), {len(warnings)} kind(s) of conversion in {args.root}", file=sys.stderr)
+    print(f"{len(problems)} problem(s), {len(warnings)} warning(s) in {printable(args.root)}", file=sys.stderr)
     return 1 if problems or (args.strict and warnings) else 0
 
 
@@ -212,7 +222,8 @@ def _model_commands(sub) -> None:
     p = sub.add_parser("predict", help="write the course's results file (and probabilities) for a folder of images")
     p.add_argument("model_dir", help="an exported model, e.g. runs/vit/model")
     p.add_argument("images", help="a folder of images (or a ROOT holding images/)")
-    p.add_argument("--out", default="results.txt", help="0/1 rows, one per image in image-number order")
+    p.add_argument("--out", default=None, help="0/1 rows, one per image in image-number order (needs im<N>.<ext> "
+                   "names, one file per number); default results.txt when --probs is not given")
     p.add_argument("--probs", help="CSV: file name and one probability column per label")
     p.add_argument("--allow-bad", action="store_true", help="write all-zero rows for unreadable images")
     p.add_argument("--batch-size", type=int, default=256)

@@ -6,16 +6,16 @@ import dataclasses
 import json
 import subprocess
 import sys
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
+from PIL import ImageColor
 
+from mlic.config_values import apply_values, parse_override, read_yaml  # noqa: F401 - parse_override: public here
 from mlic.disk import replace_text
-from mlic.errors import ConfigError
+from mlic.ranges import PROBABILITY, SEED, Items, Rule, Text, above, at_least, between, check_config
 
 
 @dataclass
@@ -54,6 +54,23 @@ class DataConfig:
     demo_images: int = 2000
     demo_seed: int = 0
 
+    RANGES: ClassVar[dict[str, Rule]] = {
+        "root": Text(), "split": Text(), "val_split": Text(), "class_list": Text(), "cache_dir": Text(),
+        "image_column": Text(), "label_column": Text(), "hf_split": Text(), "background": Text(),
+        "val_fraction": between(0, 1, low_open=True, high_open=True), "seed": SEED, "demo_seed": SEED,
+        "cache_size": at_least(1), "image_size": at_least(32), "num_workers": at_least(0),
+        "labels": Items(Text(), unique=True, at_least_one=True), "max_pixels": at_least(1),
+        "demo_images": at_least(1),
+    }
+
+    def combinations(self) -> list[str]:
+        try:
+            ImageColor.getrgb(self.background)
+        except ValueError:
+            return [f"config key 'data.background': {self.background!r} is not a colour (a name such as white or "
+                    "black, or '#rrggbb' in quotes)"]
+        return []
+
 
 @dataclass
 class AugmentConfig:
@@ -76,6 +93,14 @@ class AugmentConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
 
+    RANGES: ClassVar[dict[str, Rule]] = {
+        "hflip": PROBABILITY, "vflip": PROBABILITY, "cutout": PROBABILITY,
+        "brightness": at_least(0), "contrast": at_least(0), "saturation": at_least(0), "hue": between(0, 0.5),
+        "randaugment_n": at_least(0), "randaugment_m": between(0, 30),  # torchvision's 31 magnitude bins
+        "cutout_scale": Items(between(0, 1, low_open=True), length=2, ascending=True),
+        "mixup": at_least(0), "cutmix": at_least(0),  # a Beta(alpha, alpha); 0 is off
+    }
+
 
 @dataclass
 class ModelConfig:
@@ -93,6 +118,11 @@ class ModelConfig:
     grad_checkpointing: bool = False  # timm/ and hf/ backbones: recompute activations in backward
     trust_remote_code: bool = False  # hf/: run the model code a hub repository ships (only if you trust it)
 
+    RANGES: ClassVar[dict[str, Rule]] = {
+        "name": Text(), "weights": Text(), "mldecoder_groups": at_least(1), "mldecoder_dim": at_least(1),
+        "dropout": between(0, 1, high_open=True), "num_labels": at_least(1),
+    }
+
 
 @dataclass
 class OptimConfig:
@@ -109,6 +139,11 @@ class OptimConfig:
     head_lr: float | None = None
     layer_decay: float | None = None
 
+    RANGES: ClassVar[dict[str, Rule]] = {
+        "lr": above(0), "head_lr": above(0), "weight_decay": at_least(0), "eps": above(0),
+        "betas": Items(between(0, 1, high_open=True), length=2), "layer_decay": between(0, 1, low_open=True),
+    }
+
 
 @dataclass
 class ScheduleConfig:
@@ -116,6 +151,8 @@ class ScheduleConfig:
     start_factor: float = 1 / 3
     total_iters: int = 10
     interval: Literal["epoch", "step"] = "epoch"
+
+    RANGES: ClassVar[dict[str, Rule]] = {"start_factor": between(0, 1, low_open=True), "total_iters": at_least(1)}
 
 
 @dataclass
@@ -130,6 +167,11 @@ class LossConfig:
     gamma_pos: float = 0.0
     asl_clip: float = 0.05
 
+    RANGES: ClassVar[dict[str, Rule]] = {
+        "pos_weight_clip": above(0), "focal_gamma": at_least(0), "gamma_neg": at_least(0), "gamma_pos": at_least(0),
+        "asl_clip": between(0, 1, high_open=True),
+    }
+
 
 @dataclass
 class SamplerConfig:
@@ -137,6 +179,8 @@ class SamplerConfig:
     class_choice: Literal["random", "cycle", "least_sampled"] = "least_sampled"
     empty_share: float | None = None  # None: the share of unlabelled images in the data
     num_samples: int | None = None  # draws per epoch; None: the training split's size
+
+    RANGES: ClassVar[dict[str, Rule]] = {"empty_share": between(0, 1, high_open=True), "num_samples": at_least(1)}
 
 
 @dataclass
@@ -164,11 +208,22 @@ class TrainConfig:
     ema_decay: float | None = None
     ema_warmup: bool = True
 
+    RANGES: ClassVar[dict[str, Rule]] = {
+        "epochs": at_least(1), "batch_size": at_least(1), "eval_batch_size": at_least(1), "grad_accum": at_least(1),
+        "clip_grad_norm": above(0), "log_every": at_least(1), "select_metric": Text(), "save_every_steps": at_least(1),
+        "keep_checkpoints": at_least(2, why=" (a run keeps at least two checkpoints, so that a damaged newest one "
+                                            "falls back to the one before)"),
+        "seed": SEED, "max_steps_per_epoch": at_least(1), "stop_check_every": at_least(1),
+        "ema_decay": between(0, 1, low_open=True, high_open=True),
+    }
+
 
 @dataclass
 class EvalConfig:
     threshold: float = 0.5
     thresholds: Literal["fixed", "per_label"] = "per_label"
+
+    RANGES: ClassVar[dict[str, Rule]] = {"threshold": PROBABILITY}
 
 
 @dataclass
@@ -178,6 +233,8 @@ class RunConfig:
     # accelerate's integrations: tensorboard (RUN/tensorboard), mlflow (MLFLOW_TRACKING_URI), wandb (RUN/wandb)
     trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["tensorboard"])
     tracker_project: str = "mlic"  # the MLflow experiment / W&B project; the run is named after output_dir
+
+    RANGES: ClassVar[dict[str, Rule]] = {"output_dir": Text(), "tracker_project": Text(), "trackers": Items(unique=True)}
 
 
 @dataclass
@@ -197,142 +254,18 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_NONE_WORDS = {"null", "none", "None", "~", ""}
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check `value` against a type hint; ints are accepted for floats. Raises ConfigError naming `key`."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        if type(None) in options and isinstance(value, str) and value in _NONE_WORDS:
-            return None
-        raise ConfigError(f"config key '{key}': {value!r} is not a {_type_name(hint)}")
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if isinstance(value, bool) and {"on", "off"} <= set(allowed):  # YAML 1.1 reads on/off as booleans
-            value = "on" if value else "off"
-        if value not in allowed:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, allowed))}")
-        return value
-    if origin is list:
-        (item_hint,) = typing.get_args(hint)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"config key '{key}': {value!r} is not a list")
-        return [_coerce(v, item_hint, f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                if float(value) == value:  # an int beyond 2**53 would silently become another number
-                    return float(value)
-            except OverflowError:
-                pass
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"config key '{key}': {value!r} is not a {_type_name(hint)}")
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _apply(obj: Any, updates: dict[str, Any], prefix: str, source: str) -> None:
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for name, value in updates.items():
-        key = f"{prefix}{name}"
-        if name not in names:
-            raise ConfigError(f"unknown config key '{key}' (in {source}); known: {', '.join(sorted(names))}")
-        current = getattr(obj, name)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key '{key}' (in {source}) is a section: give a mapping, not {value!r}")
-            _apply(current, value, f"{key}.", source)
-        else:
-            setattr(obj, name, _coerce(value, hints[name], key))
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a config file; a top-level `base: other.yaml` (relative to the file) is read first. A list of
-    bases (`base: [vit.yaml, modern.yaml]`: a model, then a recipe) is merged in order, later ones winning."""
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"config {path}: 'base' chain loops back to itself")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path}: top level must be a mapping")
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    merged: dict[str, Any] = {}
-    for one in base if isinstance(base, list) else [base]:
-        if not isinstance(one, str):
-            raise ConfigError(f"config {path}: 'base' must be a file name or a list of them, not {one!r}")
-        _deep_merge(merged, _read_yaml(path.parent / one, (*seen, path)))
-    _deep_merge(merged, data)
-    return merged
-
-
-def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value)
-        else:
-            into[key] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} is not key=value (e.g. optim.lr=3e-4)")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file (with its `base` chain), then `key=value` overrides."""
     cfg = Config()
     if path is not None:
-        _apply(cfg, _read_yaml(Path(path)), "", str(path))
+        apply_values(cfg, read_yaml(Path(path)), "", str(path))
     for text in overrides:
         key, value = parse_override(text)
         nested: dict[str, Any] = value
         for part in reversed(key.split(".")):
             nested = {part: nested}
-        _apply(cfg, nested, "", f"override {text!r}")
-    if cfg.train.keep_checkpoints < 2:
-        raise ConfigError(f"config key 'train.keep_checkpoints': {cfg.train.keep_checkpoints} is less than 2; a run "
-                          "keeps at least two checkpoints, so that a damaged newest one falls back to the one before")
+        apply_values(cfg, nested, "", f"override {text!r}")
+    check_config(cfg)
     return cfg
 
 
@@ -369,5 +302,6 @@ def save_resolved(cfg: Config, path: Path, **extra: Any) -> None:
 def config_from_dict(doc: dict[str, Any]) -> Config:
     """Rebuild a Config from a saved config.yaml (provenance ignored)."""
     cfg = Config()
-    _apply(cfg, {k: v for k, v in doc.items() if not k.startswith("_")}, "", "saved config")
+    apply_values(cfg, {k: v for k, v in doc.items() if not k.startswith("_")}, "", "saved config")
+    check_config(cfg)
     return cfg

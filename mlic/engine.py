@@ -25,12 +25,12 @@ from mlic.build import (
     build_optimizer,
     build_run,
     build_scheduler,
-    make_accelerator,
+    preflight,
 )
 from mlic.config import Config
 from mlic.data.policies import mix_batch
 from mlic.disk import tensor_bytes, writing
-from mlic.errors import MlicError
+from mlic.errors import DivergedError
 from mlic.evaluation import evaluate, evaluate_epoch, predict_logits, share_buffers
 from mlic.export import export_model
 from mlic.metrics import (
@@ -45,8 +45,7 @@ from mlic.run_lock import RunFolderLock
 from mlic.run_log import log_epoch, log_step, publish, start_run_folder, start_tracking, trim_metrics
 from mlic.run_state import RunState, latest_checkpoint
 from mlic.seeding import mix_seed
-from mlic.selection import check_select_metric, chosen_split
-from mlic.trackers import check_trackers
+from mlic.selection import chosen_split
 
 __all__ = ["build_optimizer", "build_scheduler", "evaluate", "fit", "predict_logits", "train_one_epoch"]
 
@@ -54,9 +53,7 @@ __all__ = ["build_optimizer", "build_scheduler", "evaluate", "fit", "predict_log
 def fit(cfg: Config) -> dict[str, dict]:
     """Train per `cfg`. Returns the last epoch's {"train": ..., "val": ...} metrics, or {"stopped": ...}
     when a stop request (SIGTERM, SIGUSR1, the stop file) ended the run after its checkpoint."""
-    check_select_metric(cfg)
-    check_trackers(cfg)
-    accelerator = make_accelerator(cfg)
+    accelerator = preflight(cfg)
     if accelerator.device.type == "cpu" and cfg.train.keep_host_memory:
         keep_freed_memory()
     set_seed(cfg.train.seed)
@@ -237,7 +234,7 @@ class EpochOutputs:
         bad = self.accelerator.gather(self.first_bad.reshape(1))
         bad = bad[bad >= 0]
         if bad.numel():
-            raise MlicError(
+            raise DivergedError(
                 f"non-finite loss or gradient norm at step {int(bad.min())} (epoch {state.epoch}); last good checkpoint: "
                 f"{latest_checkpoint(run.out / 'checkpoints') or 'none yet'}. Lower optim.lr, set "
                 "train.clip_grad_norm, or skip such steps with train.skip_nonfinite=true")

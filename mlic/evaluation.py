@@ -13,6 +13,7 @@ from accelerate.utils import DistributedType, broadcast
 
 from mlic import faults
 from mlic.build import Run, input_dtype
+from mlic.errors import DivergedError
 from mlic.metrics import (
     compute_metrics,
     heldout_tuned_f1_macro,
@@ -80,6 +81,10 @@ def evaluate(model, loader, transform, loss_fn, accelerator, tune: bool = False,
         return None
     logits, targets, index = predicted
     elapsed = time.perf_counter() - start
+    if not torch.isfinite(logits).all():  # gathered: every rank sees the same and raises alike
+        raise DivergedError("the model's outputs on the validation split are not finite: its weights diverged in the "
+                            "epoch's last steps. Lower optim.lr or set train.clip_grad_norm, and start again or resume "
+                            "from an earlier checkpoint")
     probs = torch.sigmoid(logits).numpy()
     y, known = split_known(targets.numpy())  # unknown entries (partial labels) count nowhere
     mask = None if known is None else torch.from_numpy(known).to(accelerator.device)

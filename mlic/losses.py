@@ -13,6 +13,7 @@ import scipy.sparse
 import torch
 import torch.nn.functional as F
 
+from mlic.errors import ConfigError
 from mlic.labels import LabelMatrix
 
 # The ASL paper code's floor under 1 - p_m before its log (reached only with a clip below it).
@@ -142,4 +143,4 @@ def build_loss(cfg_loss, train_labels) -> torch.nn.Module:
         return FocalLoss(cfg_loss.focal_gamma, weight)
     if cfg_loss.name == "asl":
         return AsymmetricLoss(cfg_loss.gamma_neg, cfg_loss.gamma_pos, cfg_loss.asl_clip, weight)
-    raise ValueError(f"config key 'loss.name': {cfg_loss.name!r} is not a loss; use bce, focal or asl")
+    raise ConfigError(f"config key 'loss.name': {cfg_loss.name!r} is not a loss; use bce, focal or asl")

@@ -35,6 +35,18 @@ EMA_FILE = "ema.safetensors"
 FORMAT = 3  # 1: mlic 0.1.0 (a "training" section, gathered partial outputs, no world size); 2: no manifest
 
 
+def check_pickle_trust(accelerator, folder: Path, trust_pickles: bool) -> None:
+    """DeepSpeed's checkpoints are read only by unpickling: resumed only with `train.trust_checkpoint_pickles`.
+    Part of the preflight, before any data is read."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and not trust_pickles and complete_checkpoints(folder):
+        refused = ConfigError(
+            f"the checkpoints in {folder} hold DeepSpeed's engine state, which DeepSpeed can only read by "
+            "unpickling it (a pickle can run any code): resume them only if you trust this folder, with "
+            "train.trust_checkpoint_pickles=true, or start over in another run.output_dir")
+        refused.same_on_every_rank = True  # every rank refuses alike: printed once
+        raise refused
+
+
 @dataclass
 class RunState:
     epoch: int = 1  # the epoch in progress (1-based)
@@ -124,13 +136,7 @@ class RunState:
         """The newest checkpoint that verifies, its state returned after restoring accelerate's objects (and
         `ema`) from it; None when there is none. A checkpoint of another model or label set is refused
         before any load."""
-        if accelerator.distributed_type == DistributedType.DEEPSPEED and not trust_pickles and complete_checkpoints(folder):
-            refused = ConfigError(
-                f"the checkpoints in {folder} hold DeepSpeed's engine state, which DeepSpeed can only read by "
-                "unpickling it (a pickle can run any code): resume them only if you trust this folder, with "
-                "train.trust_checkpoint_pickles=true, or start over in another run.output_dir")
-            refused.same_on_every_rank = True  # every rank refuses alike: printed once
-            raise refused
+        check_pickle_trust(accelerator, folder, trust_pickles)
         path = choose_checkpoint(accelerator, folder, trust_pickles)
         if path is None:
             return None

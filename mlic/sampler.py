@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from mlic.errors import some
 from mlic.labels import LabelMatrix
 from mlic.seeding import mix_seed
 
@@ -95,7 +96,7 @@ class MultilabelBalancedSampler(Sampler[int]):
     (the reference never draws them), a configurable epoch length, and a resumable state.
 
     labels: anything `LabelMatrix.of` reads (dense (N, C) 0/1 array or tensor, scipy CSR, LabelMatrix);
-    only positives count (unknown entries of partial labels are not positives). Held sparse: class
+    only positives count (unknown entries of partial labels, and NaN in a dense float array, are not positives). Held sparse: class
     member lists in CSC form, never a dense (N, C) matrix, so OpenImages size (9 M x 10,000) fits.
 
     class_choice: `random` (uniform over classes), `cycle` (0, 1, ..., C-1 in turn) or `least_sampled`
@@ -122,7 +123,7 @@ class MultilabelBalancedSampler(Sampler[int]):
             names = list(label_names) if label_names is not None else [f"class {k}" for k in range(c)]
             missing = [names[k] for k in np.flatnonzero(sizes == 0)]
             raise ValueError(
-                f"label(s) {', '.join(missing)} have no positive image in the training split: the balanced "
+                f"{len(missing):,} label(s) have no positive image in the training split ({some(missing)}): the balanced "
                 "sampler cannot draw them; remove the label or move positives into training"
             )
         self.num_classes = c

@@ -10,7 +10,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from mlic.config import AugmentConfig
+from mlic.config import AugmentConfig, load_config
 from mlic.data.policies import (
     NUM_BINS,
     OPS,
@@ -281,10 +281,7 @@ def test_per_image_transform_offers_every_policy(policy):
 
 
 @pytest.mark.parametrize(("key", "value"), [("randaugment_m", 31), ("randaugment_n", -1), ("cutout", 1.5),
-                                            ("cutout_scale", [0.5, 0.1]), ("mixup", -0.2)])
+                                            ("cutout_scale", [0.5, 0.1]), ("mixup", -0.2), ("hue", 0.6)])
 def test_bad_ranges_are_config_errors(key, value):
-    aug = AugmentConfig(**{key: value})
     with pytest.raises(ConfigError, match=f"augment.{key}"):
-        DeviceTransform(32, IMAGENET_MEAN, IMAGENET_STD, aug)
-    with pytest.raises(ConfigError, match=f"augment.{key}"):
-        per_image_transform(32, IMAGENET_MEAN, IMAGENET_STD, aug)
+        load_config(None, [f"augment.{key}={value}"])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mlic.config import LossConfig
+from mlic.errors import ConfigError
 from mlic.losses import AsymmetricLoss, FocalLoss, WeightedBCE, build_loss, masked_mean, pos_weight
 
 LOGITS = [[2.0, -1.0, 0.3], [-3.0, 0.0, 5.0]]  # sigmoid(-3) = 0.047 lies below the default clip 0.05
@@ -177,7 +178,7 @@ def test_build_loss_follows_the_config():
     assert torch.equal(asl.pos_weight, pos_weight(labels, 2.0)) and torch.equal(asl.pos_weight, t([1.0, 2.0]))
     defaults = build_loss(LossConfig(name="asl"), labels)
     assert (defaults.gamma_neg, defaults.gamma_pos, defaults.clip) == (4, 0, 0.05)
-    with pytest.raises(ValueError, match="loss.name"):
+    with pytest.raises(ConfigError, match="loss.name"):
         build_loss(LossConfig(name="hinge"), labels)
 
 

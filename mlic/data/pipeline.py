@@ -20,7 +20,7 @@ from mlic.data.datasets import MultilabelImages, Transformed, load_dataset
 from mlic.data.demo import cache_home
 from mlic.data.split import stratified_split, with_val_split
 from mlic.data.transforms import DeviceTransform, per_image_transform
-from mlic.errors import ConfigError, DataError
+from mlic.errors import ConfigError, DataError, some
 from mlic.labels import LabelMatrix
 from mlic.sampler import MultilabelBalancedSampler, ShuffleSampler
 
@@ -75,12 +75,13 @@ def check_labels(cfg, dataset: MultilabelImages) -> None:
     if cfg.data.labels is not None and list(cfg.data.labels) != dataset.label_names:
         missing = sorted(set(cfg.data.labels) - set(dataset.label_names))
         extra = sorted(set(dataset.label_names) - set(cfg.data.labels))
-        raise ConfigError(f"config key 'data.labels' does not match {dataset.source}: missing from the data "
-                          f"{missing or 'none'}, not in the config {extra or 'none'}")
+        order = "" if missing or extra else " (the same names in another order: the order is the label order)"
+        raise ConfigError(f"config key 'data.labels' does not match {dataset.source}{order}: missing from the data "
+                          f"{some(missing) or 'none'}; not in the config {some(extra) or 'none'}")
     if cfg.model.num_labels is not None and cfg.model.num_labels != dataset.num_labels:
         raise ConfigError(
             f"config key 'model.num_labels' is {cfg.model.num_labels} but the data has {dataset.num_labels} labels "
-            f"({', '.join(dataset.label_names)}); remove the key or fix the data"
+            f"({some(dataset.label_names)}); remove the key or fix the data"
         )
 
 

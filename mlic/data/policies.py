@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from mlic.errors import ConfigError
-
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
@@ -325,22 +323,3 @@ def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":  # from pageable memory the copy would wait for the stream; pinned, it queues
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
-
-
-def check_augment(aug) -> None:
-    """The `augment` section's ranges, checked when the transforms are built (not in a worker mid-epoch)."""
-    problems = []
-    if aug.randaugment_n < 0:
-        problems.append(f"'augment.randaugment_n' is {aug.randaugment_n}; it must be 0 or more")
-    if not 0 <= aug.randaugment_m < NUM_BINS:
-        problems.append(f"'augment.randaugment_m' is {aug.randaugment_m}; it must be a bin in 0..{NUM_BINS - 1}")
-    if not 0 <= aug.cutout <= 1:
-        problems.append(f"'augment.cutout' is {aug.cutout}; it must be a probability in [0, 1]")
-    scale = list(aug.cutout_scale)
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-        problems.append(f"'augment.cutout_scale' is {scale}; it must be [low, high] with 0 < low <= high <= 1")
-    for key in ("mixup", "cutmix"):
-        if getattr(aug, key) < 0:
-            problems.append(f"'augment.{key}' is {getattr(aug, key)}; it must be 0 (off) or a positive Beta alpha")
-    if problems:
-        raise ConfigError("config key " + "; ".join(problems))

@@ -15,7 +15,6 @@ from mlic.data.policies import (
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
-    check_augment,
     rand_augment,
     random_erasing,
     trivial_augment_wide,
@@ -38,7 +37,6 @@ def per_image_transform(size: int, mean, std, aug=None, interpolation: str = "bi
     steps: list = [v2.ToImage()]  # uint8 ops, float last: torchvision's usual (and fastest) order
     augment = aug is not None and aug.enabled
     if augment:
-        check_augment(aug)
         steps += [v2.RandomHorizontalFlip(aug.hflip), v2.RandomVerticalFlip(aug.vflip), _policy(aug)]
     mode = v2.InterpolationMode(interpolation)
     steps += [v2.Resize((size, size), interpolation=mode, antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
@@ -62,8 +60,6 @@ class DeviceTransform(torch.nn.Module):
         self.size = size
         self.interpolation = interpolation
         self.aug = aug if aug is not None and aug.enabled else None
-        if self.aug is not None:
-            check_augment(self.aug)
         self.channels_last = channels_last
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
