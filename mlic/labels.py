@@ -54,6 +54,25 @@ def _csr_of(x, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.nda
     return indptr, cols.astype(np.int32)
 
 
+def _nan_as_unknown(labels, known):
+    """(labels, known) with the NaN entries of a dense float `labels` made 0 and left out of `known`."""
+    if isinstance(labels, LabelMatrix) or _is_sparse(labels):
+        return labels, known
+    y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if not np.issubdtype(y.dtype, np.floating):
+        return labels, known
+    nan = np.isnan(y)
+    if not nan.any():
+        return labels, known
+    if known is not None:
+        n, c = _shape_of(y)
+        k_indptr, k_indices = _csr_of(known, (n, c))
+        given = np.zeros((n, c), dtype=bool)
+        given[_rows_of(k_indptr), k_indices] = True
+        nan |= ~given
+    return np.where(nan, 0, y), ~nan
+
+
 def _shape_of(x) -> tuple[int, int]:
     shape = tuple(x.shape)
     if len(shape) != 2:
@@ -113,9 +132,11 @@ class LabelMatrix:
     def of(cls, labels, known=None) -> LabelMatrix:
         """From a dense (N, C) 0/1 array or tensor, a scipy CSR (stored non-zero entries = positives), or
         a LabelMatrix; `known` (same shape, dense bool or CSR; None: all known) marks the known entries.
-        A positive outside `known` is unknown."""
+        A positive outside `known` is unknown, and so is a NaN of a dense float array (the batch rows'
+        marker, `target_rows`): not a positive."""
         if isinstance(labels, LabelMatrix) and known is None:
             return labels
+        labels, known = _nan_as_unknown(labels, known)
         n, c = _shape_of(labels) if not isinstance(labels, LabelMatrix) else labels.shape
         indptr, indices = _csr_of(labels)
         if known is None:

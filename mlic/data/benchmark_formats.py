@@ -17,9 +17,10 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from mlic.data.datasets import DecodeFiles, MultilabelImages, Problem
+from mlic.data.datasets import DecodeFiles, MultilabelImages, Problem, file_problems, label_name_problems
 from mlic.data.decode import DecodeSettings
 from mlic.data.formats import Parsed, _file_fingerprint
+from mlic.errors import some
 from mlic.labels import LabelMatrix
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -50,8 +51,14 @@ def _listing(folder: Path) -> set[str]:
         return {e.name for e in entries}
 
 
+def _links(folder: Path) -> set[str]:
+    """The names of the folder's symbolic links (from the listing's file types: no stat per file)."""
+    with os.scandir(folder) as entries:
+        return {e.name for e in entries if e.is_symlink()}
+
+
 def _unknown_labels(source: Path, label_names: Sequence[str], labels: Collection[str] | None) -> list[Problem]:
-    return [Problem(f"{source}: unknown label {name!r} (known: {', '.join(sorted(labels))})")
+    return [Problem(f"{source}: unknown label {name!r} (known: {some(sorted(labels))})")
             for name in label_names if labels is not None and name not in labels]
 
 
@@ -75,12 +82,13 @@ def parse_coco(root, split: str | None = None, labels: Collection[str] | None = 
     row_of, files = _coco_rows(ann_file, data["images"], images_dir, problems)
     annotations = data.get("annotations") or []  # image_info_test files have none: unlabelled images
     rows, cols = _coco_pairs(ann_file, annotations, row_of, col_of, problems)
-    problems += _unknown_labels(ann_file, label_names, labels)
+    problems += _unknown_labels(ann_file, label_names, labels) + label_name_problems(label_names, str(ann_file))
     if not files:
         return None, [*problems, Problem(f"{ann_file}: no images with a file in {images_dir}")]
     settings = settings or DecodeSettings.from_config()
     target = LabelMatrix.from_pairs(rows, cols, len(files), len(label_names))
     paths = FolderPaths(images_dir, files)
+    problems += file_problems(paths, files)
     fingerprint = _file_fingerprint([ann_file, *paths], f"coco|{split}|{settings.key}")
     return MultilabelImages(label_names, target, files, DecodeFolder(images_dir, files, settings), str(ann_file),
                             fingerprint), problems
@@ -124,10 +132,11 @@ def _coco_columns(ann_file: Path, categories: list, problems: list[Problem]) -> 
 def _coco_rows(ann_file: Path, images: list, images_dir: Path, problems: list[Problem]
                ) -> tuple[dict[int | str, int], list[str]]:
     """(image id -> row, file names): one row per image entry whose file is in `images_dir`, in the file's
-    order; an image without its file keeps its id with row -1 (a problem), a malformed one is left out."""
+    order; an image without its file keeps its id with row -1 (a problem), a malformed one is left out. A
+    file named twice (however spelt: `a/./x.jpg`, a link to it) is a problem; those outside ROOT one warning."""
     row_of: dict[int | str, int] = {}
     files: list[str] = []
-    listing = _listing(images_dir)
+    listing, same_files = _listing(images_dir), _SameFiles(images_dir, images_dir.parent)
     for k, image in enumerate(images):
         if (not isinstance(image, dict) or not isinstance(image.get("id"), (int, str))
                 or not isinstance(image.get("file_name"), str)):
@@ -139,9 +148,33 @@ def _coco_rows(ann_file: Path, images: list, images_dir: Path, problems: list[Pr
                                     f"{images_dir / image['file_name']} not found"))
             row_of[image["id"]] = -1  # known, but without a row
         else:
+            problems += same_files.check(f"{ann_file}: images[{k}]", image["file_name"], f"images[{k}]")
             row_of[image["id"]] = len(files)
             files.append(image["file_name"])
+    if same_files.outside:
+        problems.append(Problem(f"{ann_file}: {len(same_files.outside)} image(s) outside {same_files.real_root}: "
+                                f"{some(same_files.outside)}", warning=True))
     return row_of, files
+
+
+class _SameFiles:
+    """The image files a manifest has named, resolved: `check` says whether a name is a file named before
+    (a problem) or outside ROOT (`outside`: one warning for all). Cheap for 100,000s: a plain name that is no link (the folder's
+    listing says which are) is a file of the folder; only other names are resolved."""
+
+    def __init__(self, images_dir: Path, root: Path):
+        self.images_dir, self.real_dir, self.real_root = images_dir, os.path.realpath(images_dir), os.path.realpath(root)
+        self.links, self.first, self.outside = _links(images_dir), {}, []
+
+    def check(self, where: str, name: str, entry: str) -> list[Problem]:
+        plain = "/" not in name and os.sep not in name and name not in self.links
+        key = os.path.join(self.real_dir, name) if plain else os.path.realpath(self.images_dir / name)
+        if key in self.first:
+            return [Problem(f"{where}: {name} is the file of {self.first[key]} too")]
+        self.first[key] = entry
+        if not plain and not Path(key).is_relative_to(self.real_root):
+            self.outside.append(f"{name} ({entry})")
+        return []
 
 
 def _coco_pairs(ann_file: Path, annotations: list, row_of: dict[int | str, int], col_of: dict[int, int],
@@ -232,6 +265,7 @@ def parse_voc(root, split: str | None = None, voc_difficult: str = "ignore", lab
     names = [f"{i}.jpg" for i in ids]
     settings = settings or DecodeSettings.from_config()
     xmls = [root / "Annotations" / f"{i}.xml" for i in ids]
+    problems += file_problems(FolderPaths(jpeg_dir, names), names)
     fingerprint = _file_fingerprint([split_file, *xmls, *FolderPaths(jpeg_dir, names)], f"voc|{settings.key}")
     return MultilabelImages(list(VOC_CLASSES), target, names, DecodeFolder(jpeg_dir, names, settings), str(root),
                             fingerprint), problems

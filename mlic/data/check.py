@@ -3,7 +3,8 @@
 The problems are those of the format's parser (the one training uses) plus a decode of every image,
 so a dataset that passes here is one training reads, and each line is the text training would raise.
 The decode also says what it had to convert (16-bit, transparency, EXIF orientation, ICC profile, a
-first frame of many): warnings, one line per kind, not problems. Partially labelled data (Open Images,
+first frame of many): warnings, one line per kind, not problems. The parser's warnings (an image outside
+the data root, a label name that cannot be a file name) are warnings too, one line each. Partially labelled data (Open Images,
 VOC's difficult objects, csv with `-name`) gets one more line, a note: how many entries are verified
 positive, verified negative and unknown.
 """
@@ -22,7 +23,7 @@ def check_data(root, fmt: str = "helsinki", labels: Collection[str] | None = Non
                image_column: str = "image", label_column: str = "labels", split: str | None = None,
                max_pixels: int | None = None, voc_difficult: str = "ignore", class_list: str | None = None
                ) -> tuple[list[str], list[str], list[str]]:
-    """(problem lines, conversion warning lines, notes). `max_pixels`: data.max_pixels (default:
+    """(problem lines, warning lines (the parser's, then the conversions'), notes). `max_pixels`: data.max_pixels (default:
     DataConfig's); `split`, `voc_difficult`, `class_list`: as `mlic.data.formats.parse` takes them."""
     cfg_data = DataConfig() if max_pixels is None else DataConfig(max_pixels=max_pixels)
     report = DecodeReport()
@@ -30,7 +31,8 @@ def check_data(root, fmt: str = "helsinki", labels: Collection[str] | None = Non
                               labels=labels, settings=DecodeSettings.from_config(cfg_data), decode=True,
                               workers=workers, report=report, voc_difficult=voc_difficult, class_list=class_list)
     notes = [partial_summary(dataset.labels)] if dataset is not None and dataset.labels.partial else []
-    return [p.text for p in problems], report.lines(), notes
+    warnings = [f"warning: {p.text}" for p in problems if p.warning]
+    return [p.text for p in problems if not p.warning], warnings + report.lines(), notes
 
 
 def partial_summary(labels: LabelMatrix) -> str:

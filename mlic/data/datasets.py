@@ -7,8 +7,12 @@ the image `read(i)` (decoded by `mlic.data.decode.decode_image`) with target `ta
 
 from __future__ import annotations
 
+import errno
+import os
 import re
-from collections.abc import Callable, Sequence
+import stat
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +22,7 @@ import torch
 from PIL import Image
 
 from mlic.data.decode import Decoded, DecodeReport, DecodeSettings, decode_image
-from mlic.errors import DataError
+from mlic.errors import DataError, some
 from mlic.labels import LabelMatrix
 
 IMAGE_NAME = re.compile(r"^im(\d+)\.jpe?g$", re.IGNORECASE)
@@ -31,14 +35,91 @@ class Problem:
     """One thing wrong with a dataset, as one line naming the file (and line). `row` is set when the
     problem is an unreadable image: that row can be left out (`data.skip_bad`) instead of stopping.
     `harmless`: check-data reports it, training goes on (a stray `.DS_Store`, a repeated annotation
-    line: neither changes any image or target)."""
+    line: neither changes any image or target). `warning`: harmless too, but check-data lists it among its
+    warnings (an error under --strict) and training says so in one line (images outside the data root, a
+    label name that cannot be a file name). The text is made printable (`printable`): a file name may hold
+    any byte but NUL and `/`, a newline too."""
 
     text: str
     row: int | None = None
     harmless: bool = False
+    warning: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "text", printable(self.text))
+        object.__setattr__(self, "harmless", self.harmless or self.warning)
 
     def __str__(self) -> str:
         return self.text
+
+
+def printable(text: str) -> str:
+    """`text` as one printable line: the bytes of a non-UTF-8 file name (surrogate-escaped by `os.fsdecode`)
+    as `\\xff`, control characters (a newline in a file name) as their escapes. Any other text is unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else repr(c)[1:-1] for c in text)
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a file name (as `os.fsdecode` gives it) is text: its bytes are UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def file_problems(paths: Iterable[Path], names: Sequence[str]) -> list[Problem]:
+    """A Problem with its row for each image that is no readable file, found without opening it (a stat
+    each): a broken or looping symbolic link, a folder or other non-file (a FIFO would block the decode), a
+    file without read permission, a name that is not UTF-8 (results files and logs name images as text).
+    Like an undecodable image, that row is left out under `data.skip_bad`."""
+    problems = []
+    for row, (path, name) in enumerate(zip(paths, names)):
+        why = unreadable_file(path) if is_utf8(name) else "the file name is not UTF-8; rename the file"
+        if why is not None:
+            problems.append(Problem(f"{path}: cannot read image: {why}", row=row))
+    return problems
+
+
+def unreadable_file(path: Path) -> str | None:
+    """Why `path` cannot be read as a file (a stat, not an open), or None."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if os.path.islink(path):
+            return f"a broken symbolic link (to {os.readlink(path)})"
+        return exc.strerror or str(exc)
+    if not stat.S_ISREG(st.st_mode):
+        return "not a file"
+    if not os.access(path, os.R_OK):
+        return "no permission to read it"
+    return None
+
+
+def label_name_problems(names: Iterable[str], where: str, slash: bool = False) -> list[Problem]:
+    """A warning for each label name that cannot be a file name (`{label}.txt` in the helsinki layout, a
+    per-label figure): empty (the helsinki file `.txt`) or only spaces, `.` or `..`, with `/` (unless
+    `slash`: Open Images' MIDs are `/m/...`) or NUL or another control character. A name that is not UTF-8
+    is a problem: no results file or log can hold it."""
+    problems = []
+    for name in names:
+        if not is_utf8(name):
+            problems.append(Problem(f"{where}: label name '{name}' is not UTF-8; rename it"))  # printable() shows it
+        elif _not_a_file_name(name, slash):
+            problems.append(Problem(f"{where}: label name {name!r} cannot be a file name ({{label}}.txt); rename "
+                                    "it", warning=True))
+    return problems
+
+
+def _not_a_file_name(name: str, slash: bool) -> bool:
+    if not name.strip() or not name.isprintable() or ("/" in name and not slash):  # NUL is not printable
+        return True
+    return name.rpartition("/")[2] in ("", ".", "..")
 
 
 class DecodeFiles:
@@ -114,12 +195,16 @@ class Transformed(torch.utils.data.Dataset):
         return self.transform(image), target, row
 
 
-def decode_problems(dataset: MultilabelImages, workers: int = 4, report: DecodeReport | None = None
-                    ) -> list[Problem]:
-    """Decode every row once; a Problem (with its row) for each image that cannot be read. `report`, when
-    given, collects the conversions the readable ones took."""
+def decode_problems(dataset: MultilabelImages, workers: int = 4, report: DecodeReport | None = None,
+                    known_bad: Iterable[int] = ()) -> list[Problem]:
+    """Decode every row once, but the rows of `known_bad` (a problem of theirs is already listed); a
+    Problem (with its row) for each image that cannot be read. `report`, when given, collects the
+    conversions the readable ones took."""
+    known_bad = set(known_bad)
 
-    def decode(i: int) -> Problem | tuple[str, ...]:
+    def decode(i: int) -> Problem | tuple[str, ...] | None:
+        if i in known_bad:
+            return None
         try:
             return dataset.decode(i).conversions
         except DataError as exc:
@@ -129,7 +214,7 @@ def decode_problems(dataset: MultilabelImages, workers: int = 4, report: DecodeR
         outcomes = list(pool.map(decode, range(len(dataset))))
     if report is not None:  # in row order, so the files a warning names do not depend on thread timing
         for name, outcome in zip(dataset.names, outcomes):
-            if not isinstance(outcome, Problem):
+            if isinstance(outcome, tuple):
                 report.add(name, outcome)
     return [p for p in outcomes if isinstance(p, Problem)]
 
@@ -155,13 +240,17 @@ def usable_rows(dataset: MultilabelImages | None, problems: Sequence[Problem], c
                 skip_unreadable: bool = False) -> np.ndarray:
     """The rows to use: every row, less the unreadable images when `skip_unreadable`. Any other problem
     (or an unreadable image without `skip_unreadable`) is a DataError naming the first few; `check` is
-    the command that lists them all."""
+    the command that lists them all. Warnings (an image outside the data root...) are one line on stderr."""
+    warnings = [p.text for p in problems if p.warning]
+    if warnings and os.environ.get("RANK", "0") == "0":  # every process reads the data: the first one says so
+        print(printable(f"warning: {warnings[0]}" if len(warnings) == 1 else f"warning: {len(warnings)} warnings "
+                        f"about the data (`{check}` lists them): {some(warnings, 2, '; ')}"), file=sys.stderr)
     blocking = [p for p in problems if not p.harmless and not (skip_unreadable and p.row is not None)]
     if blocking or dataset is None:
         shown = [p.text for p in blocking[:SHOWN_PROBLEMS]]
         if len(blocking) > SHOWN_PROBLEMS:
             shown.append(f"... and {len(blocking) - SHOWN_PROBLEMS} more")
-        hint = f"`{check}` lists every problem"
+        hint = printable(f"`{check}` lists every problem")  # ROOT may be any bytes
         if any(p.row is not None for p in blocking):
             hint += "; data.skip_bad=true leaves unreadable images out of training"
         raise DataError("\n".join([*shown, hint]))

@@ -10,24 +10,40 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from mlic.data.datasets import DecodeFiles, MultilabelImages, Problem, decode_problems, image_number
+from mlic.data.datasets import (
+    DecodeFiles,
+    MultilabelImages,
+    Problem,
+    decode_problems,
+    file_problems,
+    image_number,
+    label_name_problems,
+    unreadable_file,
+)
 from mlic.data.decode import DecodeReport, DecodeSettings, decode_image
-from mlic.errors import DataError
+from mlic.errors import DataError, some
 from mlic.labels import LabelMatrix
 
 Parsed = tuple[MultilabelImages | None, list[Problem]]
 
 
 def _file_fingerprint(paths: Sequence[Path], extra: str) -> str:
-    h = hashlib.sha1(extra.encode())
+    """Changes when a file's size or mtime does. Any path is hashed (as its bytes: a name need not be
+    UTF-8); one that cannot be stat'ed (a broken link, a problem of its own) counts as size -1."""
+    h = hashlib.sha1(os.fsencode(extra))
     for p in paths:
-        st = p.stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        try:
+            st = os.stat(p)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, 0
+        h.update(os.fsencode(p) + f"|{size}|{mtime}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -65,7 +81,7 @@ def parse(fmt: str, root, *, image_column: str = "image", label_column: str = "l
     else:
         raise DataError(f"data.format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if decode and dataset is not None:
-        problems += decode_problems(dataset, workers, report)
+        problems += decode_problems(dataset, workers, report, known_bad=[p.row for p in problems if p.row is not None])
     return dataset, problems
 
 
@@ -99,8 +115,11 @@ def parse_helsinki(root, labels: Collection[str] | None = None, settings: Decode
     ann_files: list[Path] = []
     if (root / "annotations").is_dir():
         ann_files, targets, ann_problems = _annotations(root / "annotations", row_of, labels)
-        label_names = [p.stem for p in ann_files]
+        label_names = [p.name[:-len(".txt")] for p in ann_files]  # not .stem: `.txt` is the label ''
         problems += ann_problems
+        for path, name in zip(ann_files, label_names):
+            problems += label_name_problems([name], str(path))
+    problems += file_problems(paths, [p.name for p in paths])
     settings = settings or DecodeSettings.from_config()
     dataset = MultilabelImages(label_names, targets, [p.name for p in paths], DecodeFiles(paths, settings),
                                str(root), _file_fingerprint(paths + ann_files, f"helsinki|{settings.key}"))
@@ -108,38 +127,54 @@ def parse_helsinki(root, labels: Collection[str] | None = None, settings: Decode
 
 
 def _annotations(ann_dir: Path, row_of: dict[int, int], labels: Collection[str] | None):
-    """(annotation files, (N, C) targets, problems) of ROOT/annotations/{label}.txt."""
+    """(annotation files, (N, C) targets, problems) of ROOT/annotations/{label}.txt. An annotation file that
+    cannot be read (a broken link, no permission) keeps its label, with no positive, and is a problem."""
     problems: list[Problem] = []
-    ann_files = sorted(p for p in ann_dir.glob("*.txt") if p.is_file())
+    ann_files = sorted(p for p in ann_dir.glob("*.txt") if p.is_file() or not p.exists())  # broken links too
     if not ann_files:
         problems.append(Problem(f"{ann_dir}: annotations folder has no {{label}}.txt files"))
     for other in sorted(set(ann_dir.iterdir()) - set(ann_files)):
         problems.append(Problem(f"{other}: not an annotation file (expected {{label}}.txt)", harmless=True))
     targets = np.zeros((len(row_of), len(ann_files)), dtype=np.uint8)
-    images_dir = ann_dir.parent / "images"
     for c, path in enumerate(ann_files):
-        if labels is not None and path.stem not in labels:
-            problems.append(Problem(f"{path}: unknown label {path.stem!r} (known: {', '.join(sorted(labels))})"))
-        seen: dict[int, int] = {}
-        for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-            text = line.strip()
-            if not text:
-                continue
-            try:
-                n = int(text)
-            except ValueError:
-                problems.append(Problem(f"{path}:{lineno}: {text!r} is not an image number"))
-                continue
-            if n < 1:
-                problems.append(Problem(f"{path}:{lineno}: image number {n} out of range (numbers start at 1)"))
-            elif n not in row_of:
-                problems.append(Problem(f"{path}:{lineno}: image im{n}.jpg not found in {images_dir}"))
-            else:
-                targets[row_of[n], c] = 1
-            if n in seen:
-                problems.append(Problem(f"{path}:{lineno}: duplicate of line {seen[n]} (image {n})", harmless=True))
-            seen.setdefault(n, lineno)
+        name = path.name[:-len(".txt")]
+        if labels is not None and name not in labels:
+            problems.append(Problem(f"{path}: unknown label {name!r} (known: {some(sorted(labels))})"))
+        try:
+            why = unreadable_file(path)
+            lines = [] if why else path.read_text(errors="replace").splitlines()
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        if why:
+            problems.append(Problem(f"{path}: cannot read annotation file: {why}"))
+            continue
+        _annotation_lines(path, lines, targets[:, c], row_of, problems)
     return ann_files, targets, problems
+
+
+def _annotation_lines(path: Path, lines: list[str], column: np.ndarray, row_of: dict[int, int],
+                      problems: list[Problem]) -> None:
+    """Sets `column` (one label's targets) from its file's lines, a problem for each bad line."""
+    images_dir = path.parent.parent / "images"
+    seen: dict[int, int] = {}
+    for lineno, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            n = int(text)
+        except ValueError:
+            problems.append(Problem(f"{path}:{lineno}: {text!r} is not an image number"))
+            continue
+        if n < 1:
+            problems.append(Problem(f"{path}:{lineno}: image number {n} out of range (numbers start at 1)"))
+        elif n not in row_of:
+            problems.append(Problem(f"{path}:{lineno}: image im{n}.jpg not found in {images_dir}"))
+        else:
+            column[row_of[n]] = 1
+        if n in seen:
+            problems.append(Problem(f"{path}:{lineno}: duplicate of line {seen[n]} (image {n})", harmless=True))
+        seen.setdefault(n, lineno)
 
 
 def parse_csv(root, labels: Collection[str] | None = None, settings: DecodeSettings | None = None,
@@ -157,32 +192,13 @@ def parse_csv(root, labels: Collection[str] | None = None, settings: DecodeSetti
     manifest = next((root / n for n in candidates if (root / n).is_file()), None)
     if manifest is None:
         return None, [Problem(f"{root}: no {' or '.join(candidates)}")]
-    problems: list[Problem] = []
-    rows: list[tuple[str, list[str], list[str]]] = []  # path, positives, negatives
-    seen: dict[str, int] = {}
-    try:
-        with manifest.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None or not {"path", "labels"} <= set(reader.fieldnames):
-                return None, [Problem(f"{manifest}:1: header must have columns path,labels (found {reader.fieldnames})")]
-            for lineno, row in enumerate(reader, start=2):
-                rel = (row.get("path") or "").strip()
-                positives, negatives, label_problems = _csv_labels(row.get("labels") or "", f"{manifest}:{lineno}",
-                                                                   labels)
-                problems += label_problems
-                found = bool(rel) and (root / rel).is_file()
-                if not found:
-                    problems.append(Problem(f"{manifest}:{lineno}: image {rel!r} not found"))
-                if rel in seen:
-                    problems.append(Problem(f"{manifest}:{lineno}: duplicate of line {seen[rel]} ({rel})"))
-                elif found:
-                    rows.append((rel, positives, negatives))
-                seen.setdefault(rel, lineno)
-    except (csv.Error, UnicodeDecodeError) as exc:
-        problems.append(Problem(f"{manifest}: not a readable CSV file ({exc})"))
+    rows, problems = _csv_rows(manifest, root, labels)
+    if rows is None:
+        return None, problems
     if not rows:
         return None, [*problems, Problem(f"{manifest}: no rows with an image")]
     label_names = sorted({name for _, pos, neg in rows for name in pos + neg})
+    problems += label_name_problems(label_names, str(manifest))
     col = {name: c for c, name in enumerate(label_names)}
     positives = [[col[name] for name in pos] for _, pos, _ in rows]
     if any(neg for _, _, neg in rows):
@@ -190,10 +206,49 @@ def parse_csv(root, labels: Collection[str] | None = None, settings: DecodeSetti
     else:
         target = LabelMatrix.from_lists(positives, len(label_names))
     paths = [root / rel for rel, _, _ in rows]
+    problems += file_problems(paths, [rel for rel, _, _ in rows])
     settings = settings or DecodeSettings.from_config()
     dataset = MultilabelImages(label_names, target, [rel for rel, _, _ in rows], DecodeFiles(paths, settings),
                                str(manifest), _file_fingerprint([manifest, *paths], f"csv|{settings.key}"))
     return dataset, problems
+
+
+def _csv_rows(manifest: Path, root: Path, labels: Collection[str] | None):
+    """([(path, positives, negatives)] of the lines with an image, problems); None for the rows when the
+    header is wrong. Two lines naming one file are a duplicate however the path is spelt (`a/./x.jpg`,
+    `a/../a/x.jpg`, a symbolic link to it): paths are compared resolved. A path that resolves outside ROOT
+    (`../x.jpg`, an absolute path, a link out) is a warning, one line for all: the data is more than ROOT."""
+    problems: list[Problem] = []
+    rows: list[tuple[str, list[str], list[str]]] = []  # path, positives, negatives
+    seen: dict[str, tuple[int, str]] = {}  # resolved path -> (line, path as written)
+    inside, outside = os.path.realpath(root), []
+    try:
+        with manifest.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not {"path", "labels"} <= set(reader.fieldnames):
+                return None, [Problem(f"{manifest}:1: header must have columns path,labels (found {reader.fieldnames})")]
+            for lineno, row in enumerate(reader, start=2):
+                rel, where = (row.get("path") or "").strip(), f"{manifest}:{lineno}"
+                positives, negatives, label_problems = _csv_labels(row.get("labels") or "", where, labels)
+                problems += label_problems
+                found = bool(rel) and os.path.lexists(root / rel)  # a broken link is found (and unreadable)
+                if not found:
+                    problems.append(Problem(f"{where}: image {rel!r} not found"))
+                resolved = os.path.realpath(root / rel)
+                if found and resolved not in seen and not Path(resolved).is_relative_to(inside):
+                    outside.append(f"{rel} (line {lineno})")
+                if resolved in seen:
+                    line, first = seen[resolved]
+                    same = "" if first == rel else f", the same file as {first}"
+                    problems.append(Problem(f"{where}: duplicate of line {line} ({rel}{same})"))
+                elif found:
+                    rows.append((rel, positives, negatives))
+                seen.setdefault(resolved, (lineno, rel))
+    except (csv.Error, UnicodeDecodeError) as exc:
+        problems.append(Problem(f"{manifest}: not a readable CSV file ({exc})"))
+    if outside:
+        problems.append(Problem(f"{manifest}: {len(outside)} image(s) outside {root}: {some(outside)}", warning=True))
+    return rows, problems
 
 
 def _csv_labels(text: str, where: str, labels: Collection[str] | None) -> tuple[list[str], list[str], list[Problem]]:
@@ -274,6 +329,7 @@ def parse_hf(root: str, image_column: str = "image", label_column: str = "labels
         return None, [Problem(f"{root}:{image_column}: not an image column ({exc})")]
     problems = [Problem(f"{root}:{label_column}: unknown label {name!r}")
                 for name in label_names if labels is not None and name not in labels]
+    problems += label_name_problems(label_names, f"{root}:{label_column}")
     files = [Path(f["filename"]) for f in ds.cache_files]  # the dataset's arrow files: key the decoded cache
     fingerprint = _file_fingerprint(files, f"hf|{root}|{split}|{image_column}|{label_column}|{settings.key}")
     return MultilabelImages(label_names, targets, [f"{i}" for i in range(len(ds))], decode, root, fingerprint), problems

@@ -8,6 +8,7 @@ once, and at most LISTED problems of one kind are listed one by one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from collections.abc import Collection
@@ -16,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from mlic.data.benchmark_formats import DecodeFolder, _unknown_labels
-from mlic.data.datasets import MultilabelImages, Problem
+from mlic.data.datasets import MultilabelImages, Problem, is_utf8, label_name_problems
 from mlic.data.decode import DecodeSettings
 from mlic.data.formats import Parsed, _file_fingerprint
+from mlic.errors import some
 from mlic.labels import LabelMatrix
 
 OPENIMAGES_COLUMNS = ("ImageID", "Source", "LabelName", "Confidence")
@@ -91,9 +93,11 @@ def _read_label_table(label_file: Path):
         return None, [Problem(f"{label_file}:1: header must be {','.join(OPENIMAGES_COLUMNS)} (found {','.join(header)})")]
     text = pa.dictionary(pa.int32(), pa.string())  # few distinct values per column: read as codes
     try:
-        return pacsv.read_csv(label_file, convert_options=pacsv.ConvertOptions(
-            column_types={"ImageID": text, "LabelName": text, "Confidence": text},
-            include_columns=["ImageID", "LabelName", "Confidence"])).unify_dictionaries(), []
+        with contextlib.ExitStack() as opened:  # pyarrow opens UTF-8 paths only: else the file, opened here
+            source = str(label_file) if is_utf8(str(label_file)) else opened.enter_context(label_file.open("rb"))
+            return pacsv.read_csv(source, convert_options=pacsv.ConvertOptions(
+                column_types={"ImageID": text, "LabelName": text, "Confidence": text},
+                include_columns=["ImageID", "LabelName", "Confidence"])).unify_dictionaries(), []
     except (pa.ArrowInvalid, OSError) as exc:
         return None, [Problem(f"{label_file}: not a readable CSV file ({exc})")]
 
@@ -149,8 +153,9 @@ def _label_columns(root: Path, label_file: Path, mid_list: list[str], class_list
         undescribed = [m for m in label_names if m not in descriptions]
         if undescribed:
             problems.append(Problem(f"{root}: {len(undescribed)} label(s) without a display name in the class "
-                                    f"descriptions: {', '.join(undescribed[:5])}", harmless=True))
-    problems += _unknown_labels(label_file, label_names, labels)
+                                    f"descriptions: {some(undescribed)}", harmless=True))
+    problems += _unknown_labels(label_file, label_names, labels) + label_name_problems(label_names, str(label_file),
+                                                                                       slash=True)
     return label_names, col_of_mid, problems
 
 
@@ -161,7 +166,7 @@ def _images_found(label_file: Path, images_dir: Path, image_ids) -> tuple[np.nda
     import pyarrow.compute as pc
 
     with os.scandir(images_dir) as entries:
-        files = pa.array([e.name for e in entries], type=pa.string())
+        files = pa.array([e.name for e in entries if is_utf8(e.name)], type=pa.string())  # ImageIDs are UTF-8
     stems = pc.utf8_slice_codeunits(files.filter(pc.ends_with(files, ".jpg")), 0, -4)
     found = pc.is_in(image_ids, value_set=stems).to_numpy(zero_copy_only=False)
     missing = np.flatnonzero(~found)

@@ -13,6 +13,7 @@ numbers. O(nnz + N log N).
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 
@@ -25,11 +26,14 @@ ITERATIVE_LIMIT = 50_000_000  # N * C entries: above, stratify by each image's r
 
 def stratified_split(labels, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, val): sorted positions into `labels` (dense (N, C) 0/1, scipy CSR or LabelMatrix; only the
-    positives count), fixed by `seed`. Iterative stratification up to ITERATIVE_LIMIT entries, else by
+    positives count: a NaN of a dense array is unknown, not positive), fixed by `seed`. Iterative stratification up to ITERATIVE_LIMIT entries, else by
     each image's rarest label (see the module doc)."""
     if not 0 < val_fraction < 1:
         raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
     labels = LabelMatrix.of(labels)
+    if labels.num_rows - math.ceil(val_fraction * labels.num_rows) < 1:
+        raise DataError(f"{labels.num_rows} image(s): too few to hold out data.val_fraction={val_fraction} for "
+                        "validation and keep one to train on; add images, lower data.val_fraction or set data.val_split")
     if labels.num_rows * (labels.num_labels + 1) <= ITERATIVE_LIMIT:
         return _iterative(labels.dense(), val_fraction, seed)
     return rarest_label_split(labels, val_fraction, seed)
