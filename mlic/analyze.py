@@ -5,7 +5,6 @@ false positives and false negatives apart (Figures 8-11), precision-recall curve
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,9 @@ import yaml
 from sklearn.metrics import multilabel_confusion_matrix, precision_recall_curve
 
 from mlic.config import Config
-from mlic.export import META
 from mlic.figures import data_figures, plt, save_figures
 from mlic.jsonl import read_jsonl
+from mlic.model_folder import read_meta
 
 
 def confusion_figure(targets, probs, thresholds, names):
@@ -113,7 +112,7 @@ def analyze(run_dir: Path, data_root: str | None = None, examples: int = 8) -> l
 
     figures, cfg = run_data_figures(run_dir, data_root)
     _, _, probs, targets, dataset, val_rows = evaluate_model(str(run_dir / "model"), cfg.data.root, "val")
-    meta = json.loads((run_dir / "model" / META).read_text())
+    meta = read_meta(run_dir / "model")
     thresholds = np.asarray(meta["thresholds"])
     names = meta["label_names"]
     figures["confusion_matrices"] = confusion_figure(targets, probs, thresholds, names)

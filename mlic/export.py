@@ -9,15 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mlic import faults
-from mlic.config import ModelConfig
 from mlic.disk import fsync_path, tensor_bytes, writing
 from mlic.errors import MlicError
+from mlic.model_folder import INFERENCE, META, REBUILD, WEIGHTS, read_meta, rebuild
 
-WEIGHTS = "model.safetensors"
-META = "config.json"
+__all__ = ["INFERENCE", "META", "WEIGHTS", "export_model", "load_exported", "recover_export"]
 
 
 def export_model(state_dict: dict[str, torch.Tensor], out: Path, meta: dict[str, Any]) -> None:
@@ -59,21 +58,10 @@ def recover_export(out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_exported(model_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model in eval mode and its metadata (label_names, thresholds, preprocess, architecture)."""
-    from mlic.models import build_model
-
+def load_exported(model_dir: str | Path, required: tuple[str, ...] = REBUILD) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model in eval mode and its metadata (label_names, thresholds, preprocess, architecture), after
+    `mlic.model_folder` checked config.json (the fields in `required` must be there: `INFERENCE` for the
+    commands that predict), the weights against the architecture, and that nothing needs the network."""
     model_dir = Path(model_dir)
-    if not (model_dir / WEIGHTS).is_file() or not (model_dir / META).is_file():
-        raise MlicError(f"{model_dir}: not an exported model (needs {WEIGHTS} and {META}; a run writes RUN/model/)")
-    meta = json.loads((model_dir / META).read_text())
-    arch = meta["architecture"]
-    fields = ("head", "head_batchnorm", "dropout", "mldecoder_groups", "mldecoder_dim")  # head: recorded since 0.2
-    cfg = ModelConfig(name=arch["name"], pretrained=False, **{k: arch[k] for k in fields if k in arch})
-    model, _ = build_model(cfg, arch["num_labels"], exported=arch)
-    state = load_file(str(model_dir / WEIGHTS))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise MlicError(f"{model_dir}: weights do not match architecture {arch['name']}: {str(exc).splitlines()[0]}") from None
-    return model.eval(), meta
+    meta = read_meta(model_dir, required)
+    return rebuild(model_dir, meta), meta

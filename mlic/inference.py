@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -22,15 +23,16 @@ from mlic.data.datasets import (
     MultilabelImages,
     Transformed,
     decode_problems,
-    image_number,
     load_dataset,
 )
 from mlic.data.decode import DecodeSettings
 from mlic.data.pipeline import PassThrough, load_split
 from mlic.data.transforms import DeviceTransform, per_image_transform
-from mlic.errors import MlicError
-from mlic.export import load_exported
+from mlic.errors import DataError, MlicError, some
+from mlic.export import INFERENCE, load_exported
 from mlic.metrics import compute_metrics, per_label_metrics, tuned_metrics
+
+RESULT_NAME = re.compile(r"^im(\d+)\.[a-z]+$", re.IGNORECASE)  # a row of the course's results file: im<N>.<ext>
 
 
 class DecodedImages(torch.utils.data.Dataset):
@@ -61,9 +63,9 @@ def _eval_inputs(dataset: MultilabelImages, rows: np.ndarray, cfg: Config, meta:
     return DataLoader(Subset(source, rows), batch_size=batch_size, num_workers=workers), transform
 
 
-def folder_images(folder: Path, settings: DecodeSettings) -> MultilabelImages:
-    """A folder of images to predict (or ROOT with images/): image-number order for im{N}.jpg names,
-    decoded with the training run's `settings`."""
+def image_files(folder: Path) -> tuple[Path, list[Path]]:
+    """(the folder, its images): im<N> names in number order first, then the others by name. A ROOT holding
+    images/ means images/."""
     if (folder / "images").is_dir():
         folder = folder / "images"
     if not folder.is_dir():
@@ -71,9 +73,60 @@ def folder_images(folder: Path, settings: DecodeSettings) -> MultilabelImages:
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise MlicError(f"{folder}: no images")
-    files.sort(key=lambda p: (image_number(p.name) is None, image_number(p.name) or 0, p.name))
+    files.sort(key=lambda p: (result_number(p.name) is None, result_number(p.name) or 0, p.name))
+    return folder, files
+
+
+def folder_images(folder: Path, settings: DecodeSettings) -> MultilabelImages:
+    """A folder of images to predict (or ROOT with images/), in `image_files` order, decoded with the training
+    run's `settings`."""
+    folder, files = image_files(folder)
     return MultilabelImages([], np.zeros((len(files), 0), np.uint8), [p.name for p in files],
                             DecodeFiles(files, settings), str(folder), "predict")
+
+
+def result_number(name: str) -> int | None:
+    """N of an image named im<N>.<ext> (the course's numbering), else None."""
+    m = RESULT_NAME.match(name)
+    return int(m.group(1)) if m else None
+
+
+def numbering_problems(names: list[str]) -> tuple[list[str], list[str]]:
+    """(why the unnamed rows of a results file could not say which image each is, the missing numbers between
+    the first and the last as ranges): rows follow image numbers, so every image needs one number of its own;
+    a gap only shifts the rows after it."""
+    unnumbered = [n for n in names if result_number(n) is None]
+    by_number: dict[int, list[str]] = {}
+    for name in names:
+        if (number := result_number(name)) is not None:
+            by_number.setdefault(number, []).append(name)
+    shared = [f"{some(group, first=3, sep=' and ')} ({number})"
+              for number, group in sorted(by_number.items()) if len(group) > 1]
+    problems = []
+    if unnumbered:
+        problems.append(f"{len(unnumbered)} not named im<N>.<ext>: {some(unnumbered)}")
+    if shared:
+        problems.append(f"{len(shared)} image number(s) held by several files: {some(shared)}")
+    numbers, gaps = sorted(by_number), []
+    for lo, hi in zip(numbers, numbers[1:]):
+        if hi > lo + 1:
+            gaps.append(f"im{lo + 1}" if hi == lo + 2 else f"im{lo + 1}-im{hi - 1}")
+    return problems, gaps
+
+
+def check_numbering(folder: Path, names: list[str], results: str, explicit: bool) -> None:
+    """Before `results` (unnamed 0/1 rows read as im1, im2, ... in number order) is written: a folder whose
+    names cannot say which row is which image is refused; gaps in the numbering are a warning."""
+    problems, gaps = numbering_problems(names)
+    if problems:
+        hint = "" if explicit else f" ({results} is written when neither --out nor --probs is given)"
+        raise DataError(f"{folder}: the rows of {results} are images in im<N> number order, but "
+                        f"{some(problems, sep='; ')}; rename them to im<N>.jpg, one number each, or leave out --out and "
+                        f"write --probs FILE, which names the image of every row{hint}")
+    if gaps:
+        print(f"warning: {folder}: no image for {some(gaps)} between {names[0]} and {names[-1]}: {results} has a row "
+              "per image present, so a reader counting rows from the first number misplaces those after a gap",
+              file=sys.stderr)
 
 
 def infer(model, loader, transform) -> np.ndarray:
@@ -100,6 +153,10 @@ def predict_command(model_dir: str, images: str, out: str | None, probs_path: st
         return 0
     from mlic.predictor import load_model
 
+    results = out or (None if probs_path else "results.txt")  # neither given: the course's file, as before
+    if results:  # before the model loads: a refusal costs nothing
+        folder, files = image_files(Path(images))
+        check_numbering(folder, [p.name for p in files], results, explicit=out is not None)
     predictor = load_model(model_dir, batch_size=batch_size, workers=workers)
     dataset = folder_images(Path(images), predictor.settings)  # decoded as training did
     problems = {p.row: p.text for p in decode_problems(dataset, workers)}
@@ -115,15 +172,15 @@ def predict_command(model_dir: str, images: str, out: str | None, probs_path: st
         probs[good] = predictor.predict([dataset.decode.paths[i] for i in good]).probabilities
     predicted = (probs >= predictor.thresholds).astype(int)
     predicted[list(problems)] = 0
-    if out:
-        Path(out).write_text("".join(" ".join(map(str, row)) + "\n" for row in predicted))
+    if results:
+        Path(results).write_text("".join(" ".join(map(str, row)) + "\n" for row in predicted))
     if probs_path:
         with open(probs_path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["file", *predictor.label_names])
             for name, row in zip(dataset.names, probs):
                 writer.writerow([name, *(f"{p:.6f}" for p in row)])
-    print(f"{len(dataset)} images, {len(problems)} unreadable; labels: {' '.join(predictor.label_names)}",
+    print(f"{len(dataset)} images, {len(problems)} unreadable; labels: {some(predictor.label_names, first=20, sep=' ')}",
           file=sys.stderr)
     return 0
 
@@ -136,7 +193,7 @@ def evaluate_model(model_dir: str, data_root: str | None, split: str = "val", ba
 
     `split="val"` re-derives the run's validation split (same fraction and seed), so the figures match
     the run's own `val` line; `all` scores every image (less the unreadable ones under data.skip_bad)."""
-    model, meta = load_exported(model_dir)
+    model, meta = load_exported(model_dir, INFERENCE)
     cfg = config_from_dict(meta["config"])
     if data_root is not None:
         cfg.data.root = data_root
@@ -147,7 +204,10 @@ def evaluate_model(model_dir: str, data_root: str | None, split: str = "val", ba
     else:
         dataset, rows = load_dataset(cfg.data, workers=max(2, workers))
     if dataset.label_names != meta["label_names"]:
-        raise MlicError(f"{cfg.data.root}: labels {dataset.label_names} differ from the model's {meta['label_names']}")
+        theirs, ours = dataset.label_names, meta["label_names"]
+        raise MlicError(f"{cfg.data.root}: its labels differ from the model's: the data has {len(theirs)} "
+                        f"({some(theirs)}), the model {len(ours)} ({some(ours)})"
+                        + ("; the same names in another order" if sorted(theirs) == sorted(ours) else ""))
     loader, transform = _eval_inputs(dataset, rows, cfg, meta, batch_size, workers)
     probs = infer(model, loader, transform)
     targets, known = dataset.labels.dense(rows), dataset.labels.known_dense(rows)  # known: None unless partial

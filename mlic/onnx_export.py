@@ -30,7 +30,7 @@ from mlic.config import config_from_dict
 from mlic.data.transforms import DeviceTransform
 from mlic.disk import tensor_bytes, writing
 from mlic.errors import MlicError
-from mlic.export import load_exported
+from mlic.export import INFERENCE, load_exported
 
 INPUT, OUTPUT = "images", "probabilities"
 TOLERANCE = 1e-4  # max |onnxruntime - torch| the check accepts, on probabilities
@@ -87,7 +87,7 @@ def metadata_props(meta: dict, side: int) -> dict[str, str]:
 
 def probability_model(model_dir: str | Path) -> tuple[ProbabilityModel, dict, int]:
     """(the graph's body in torch, eval mode; the model's meta; the input side)."""
-    model, meta = load_exported(model_dir)
+    model, meta = load_exported(model_dir, INFERENCE)
     pre = meta["preprocess"]
     transform = DeviceTransform(pre["size"], pre["mean"], pre["std"], interpolation=pre.get("interpolation", "bilinear"))
     return ProbabilityModel(model, transform).eval(), meta, input_side(meta)

@@ -23,7 +23,7 @@ from mlic.data.cache import square_pixels
 from mlic.data.decode import DecodeSettings, decode_image, decoded_rgb
 from mlic.data.transforms import DeviceTransform, per_image_transform
 from mlic.errors import MlicError
-from mlic.export import load_exported
+from mlic.export import INFERENCE, load_exported
 
 ImageInput = str | Path | Image.Image | torch.Tensor | np.ndarray
 
@@ -134,6 +134,7 @@ def _as_list(images) -> list:
 def load_model(model_dir: str | Path, device: str | torch.device | None = None, batch_size: int = 64,
                workers: int = 4) -> Predictor:
     """The exported model of a run (`RUN/model`), ready to `predict` on `device` (default: the GPU when
-    there is one, else the CPU). No pickle, no network."""
-    model, meta = load_exported(model_dir)
+    there is one, else the CPU). No pickle, no network. A folder that is not as a run exported it (config.json,
+    weights, an architecture that would need the network) is a `ModelFolderError`, one line naming each problem."""
+    model, meta = load_exported(model_dir, INFERENCE)
     return Predictor(model, meta, device, batch_size, workers)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import yaml
 from matplotlib.ticker import MaxNLocator
 
 from mlic.analyze import confusion_figure, errors_figure, pr_figure, run_data_figures
-from mlic.export import META
 from mlic.figures import plt
 from mlic.jsonl import read_jsonl
+from mlic.model_folder import read_meta
 from mlic.run_log import METRICS_FILE
 
 DATA_FIGURES = {
@@ -63,7 +62,7 @@ def write_report(run_dir: Path, data_root: str | None = None) -> Path:
 
     run_dir = Path(run_dir)
     doc = yaml.safe_load((run_dir / "config.yaml").read_text())
-    meta = json.loads((run_dir / "model" / META).read_text())
+    meta = read_meta(run_dir / "model")
     summary, per_label, probs, targets, dataset, rows = evaluate_model(str(run_dir / "model"), data_root, "val")
     thresholds = np.asarray(meta["thresholds"], dtype=np.float64)
     shown = shown_labels(per_label)

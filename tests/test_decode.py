@@ -324,8 +324,7 @@ def test_predict_decodes_as_training_does(mixed, tmp_path):
     probs = []
     for folder in (originals, flat):
         out = tmp_path / f"{folder.name}.csv"
-        assert main(["predict", str(tmp_path / "run" / "model"), str(folder), "--probs", str(out),
-                     "--out", str(tmp_path / "results.txt")]) == 0
+        assert main(["predict", str(tmp_path / "run" / "model"), str(folder), "--probs", str(out)]) == 0
         probs.append([line.split(",", 1)[1] for line in out.read_text().splitlines()[1:]])
     assert len(probs[0]) == len(list(originals.iterdir())) and probs[0] == probs[1]
 
