@@ -19,7 +19,7 @@ from mlic.data.pipeline import Data, build_data, load_split
 from mlic.ema import WeightEma
 from mlic.errors import ConfigError
 from mlic.losses import build_loss
-from mlic.models import Preprocess, build_model, head_prefix, is_cnn
+from mlic.models import Preprocess, build_model, head_prefix, is_cnn, probe
 from mlic.run_state import check_pickle_trust, latest_checkpoint
 from mlic.selection import check_select_metric
 from mlic.trackers import check_trackers, make_trackers
@@ -75,25 +75,32 @@ def check_ema(cfg: Config, accelerator: Accelerator) -> None:
 def preflight(cfg: Config) -> Accelerator:
     """The checks a config's own ranges cannot make, all before any data is read: the metric to select on
     (it depends on the EMA and thresholds), the trackers' libraries and MLflow's store, the launcher's world
-    size, what DeepSpeed refuses (an EMA; its pickled checkpoints unless trusted). Returns the run's Accelerator."""
-    check_select_metric(cfg)
-    check_trackers(cfg)
-    accelerator = make_accelerator(cfg)
-    check_world_size(accelerator)
-    check_ema(cfg, accelerator)
-    check_pickle_trust(accelerator, Path(cfg.run.output_dir) / "checkpoints", cfg.train.trust_checkpoint_pickles)
+    size, what DeepSpeed refuses (an EMA; its pickled checkpoints unless trusted). Returns the run's Accelerator.
+    Every process sees the same: an error is printed once."""
+    try:
+        check_select_metric(cfg)
+        check_trackers(cfg)
+        accelerator = make_accelerator(cfg)
+        check_world_size(accelerator)
+        check_ema(cfg, accelerator)
+        check_pickle_trust(accelerator, Path(cfg.run.output_dir) / "checkpoints", cfg.train.trust_checkpoint_pickles)
+    except ConfigError as exc:
+        exc.same_on_every_rank = True
+        raise
     return accelerator
 
 
-BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
-
-
-def check_batch_norm(cfg: Config, model: torch.nn.Module) -> None:
-    """BatchNorm normalises over the batch: one image per process has no spread to normalise by."""
-    if cfg.train.batch_size < 2 and any(isinstance(m, BATCH_NORMS) for m in model.modules()):
-        raise ConfigError("config key 'train.batch_size': 1 image per process cannot train this model's BatchNorm "
-                          "layers (they normalise over the batch); use 2 or more (train.grad_accum keeps the "
-                          "effective batch)" + (", or model.head_batchnorm=false" if cfg.model.head_batchnorm else ""))
+def check_model_inputs(cfg: Config, model: torch.nn.Module, size: int) -> None:
+    """Before any data is loaded into it: the model takes size x size images (one eval-mode forward pass), and
+    a BatchNorm over features (the report's head) gets more than one image per process to normalise over."""
+    if (problem := probe(model, size)) is not None:
+        raise ConfigError(f"config key 'data.image_size': {cfg.model.name} cannot take {size}x{size} images "
+                          f"({problem}); set another data.image_size")
+    if cfg.train.batch_size < 2 and any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()):
+        raise ConfigError("config key 'train.batch_size': 1 image per process cannot train this model's BatchNorm1d "
+                          "layers (they normalise each feature over the batch); use 2 or more (train.grad_accum "
+                          "keeps the effective batch)" + (", or model.head_batchnorm=false" if cfg.model.head == "report"
+                                                          and cfg.model.head_batchnorm else ""))
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -189,8 +196,8 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     split = load_split(cfg)  # data errors surface before the model is built
     dataset = split[0]
     model, preprocess = build_model(cfg.model, dataset.num_labels)
-    check_batch_norm(cfg, model)
     preprocess = dataclasses.replace(preprocess, size=cfg.data.image_size or preprocess.size)
+    check_model_inputs(cfg, model, preprocess.size)
     channels_last = cfg.model.channels_last and torch.cuda.is_available() and is_cnn(model)
     data = build_data(cfg, accelerator, split, preprocess, channels_last)
     if channels_last:

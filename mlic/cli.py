@@ -48,8 +48,9 @@ def train_main(model: str, argv: list[str] | None = None) -> int:
             from mlic.build import dry_run
 
             plan = dry_run(cfg)
-            print("dry run, nothing trained: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
-                                                          for k, v in plan.items()))
+            if os.environ.get("RANK", "0") == "0":
+                print("dry run, nothing trained: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                                                              for k, v in plan.items()))
             return 0
         from mlic.engine import fit
 
@@ -60,10 +61,34 @@ def train_main(model: str, argv: list[str] | None = None) -> int:
     return 0
 
 
+def at_least(low: int):
+    """An argparse type: an integer of at least `low` (argparse's own error line otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is less than {low}")
+        return value
+
+    return parse
+
+
 def _print_error(exc: MlicError) -> None:
     """One line; an error that every rank raises alike is printed by the first one only."""
     if not getattr(exc, "same_on_every_rank", False) or os.environ.get("RANK", "0") == "0":
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+
+
+def one_line(exc: MlicError) -> str:
+    """The error's message as one line. A DataLoader worker's error reaches the main process re-raised with the
+    worker's traceback in its text (torch's ExceptionWrapper): only the original message is kept."""
+    text = str(exc)
+    raised_as = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    if "\nOriginal Traceback" in text and raised_as in text:
+        text = text.rsplit(raised_as, 1)[1]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _demo_data(args) -> int:
@@ -162,14 +187,14 @@ def _data_commands(sub) -> None:
 
     p = sub.add_parser("demo-data", help="write the synthetic demo corpus (helsinki layout)")
     p.add_argument("dir")
-    p.add_argument("--images", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=at_least(1), default=2000)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.set_defaults(func=_demo_data)
 
     p = sub.add_parser("mosaic-data", help="multi-label mosaics of real Fashion-MNIST photos (Debian's dataset-fashion-mnist)")
     p.add_argument("dir")
-    p.add_argument("--images", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=at_least(1), default=2000)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--test", action="store_true", help="a test folder: t10k tiles, no annotations")
     p.set_defaults(func=_mosaic_data)
 
@@ -185,11 +210,11 @@ def _data_commands(sub) -> None:
     p.add_argument("--voc-difficult", choices=["ignore", "positive"], default="ignore",
                    help="voc: a class seen only in difficult objects is unknown (ignore) or positive (data.voc_difficult)")
     p.add_argument("--class-list", help="openimages: a file of MIDs, one per line: these labels only (data.class_list)")
-    p.add_argument("--max-pixels", type=int, help="larger images are problems (data.max_pixels, default "
+    p.add_argument("--max-pixels", type=at_least(1), help="larger images are problems (data.max_pixels, default "
                    f"{DataConfig.max_pixels:,})")
     p.add_argument("--strict", action="store_true", help="exit 1 on conversion warnings too (16-bit, "
                    "transparency, EXIF orientation, ICC profile, animated)")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=at_least(0), default=4)
     p.set_defaults(func=_check_data)
 
 
@@ -226,8 +251,8 @@ def _model_commands(sub) -> None:
                    "names, one file per number); default results.txt when --probs is not given")
     p.add_argument("--probs", help="CSV: file name and one probability column per label")
     p.add_argument("--allow-bad", action="store_true", help="write all-zero rows for unreadable images")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=at_least(1), default=256)
+    p.add_argument("--workers", type=at_least(0), default=2)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("evaluate", help="metrics of an exported model on a labelled dataset")
@@ -242,13 +267,13 @@ def _model_commands(sub) -> None:
     p = sub.add_parser("analyze", help="figures of a run: data, confusion matrices, errors, PR curves, curves")
     p.add_argument("run_dir")
     p.add_argument("--data", help="data root (default: the run's)")
-    p.add_argument("--examples", type=int, default=8, help="misclassified examples per label and kind")
+    p.add_argument("--examples", type=at_least(0), default=8, help="misclassified examples per label and kind")
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("export", help="export a model folder to ONNX (needs the onnx extra: pip install 'mlic[onnx]')")
     p.add_argument("model_dir", help="an exported model, e.g. runs/vit/model")
     p.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX file to write")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=at_least(1), default=18)
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip running the exported model in onnxruntime against torch")
     p.set_defaults(func=_export)

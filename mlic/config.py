@@ -15,6 +15,7 @@ from PIL import ImageColor
 
 from mlic.config_values import apply_values, parse_override, read_yaml  # noqa: F401 - parse_override: public here
 from mlic.disk import replace_text
+from mlic.errors import ConfigError
 from mlic.ranges import PROBABILITY, SEED, Items, Rule, Text, above, at_least, between, check_config
 
 
@@ -119,7 +120,7 @@ class ModelConfig:
     trust_remote_code: bool = False  # hf/: run the model code a hub repository ships (only if you trust it)
 
     RANGES: ClassVar[dict[str, Rule]] = {
-        "name": Text(), "weights": Text(), "mldecoder_groups": at_least(1), "mldecoder_dim": at_least(1),
+        "name": Text(), "weights": Text(), "mldecoder_groups": at_least(1), "mldecoder_dim": at_least(8),
         "dropout": between(0, 1, high_open=True), "num_labels": at_least(1),
     }
 
@@ -255,7 +256,16 @@ class Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (with its `base` chain), then `key=value` overrides."""
+    """Defaults, then the YAML file (with its `base` chain), then `key=value` overrides, every value checked
+    for type and range. Every process of a launch reads the same: its error is printed once."""
+    try:
+        return _load(path, overrides)
+    except ConfigError as exc:
+        exc.same_on_every_rank = True
+        raise
+
+
+def _load(path: str | Path | None, overrides: list[str] | tuple[str, ...]) -> Config:
     cfg = Config()
     if path is not None:
         apply_values(cfg, read_yaml(Path(path)), "", str(path))
@@ -302,6 +312,6 @@ def save_resolved(cfg: Config, path: Path, **extra: Any) -> None:
 def config_from_dict(doc: dict[str, Any]) -> Config:
     """Rebuild a Config from a saved config.yaml (provenance ignored)."""
     cfg = Config()
+    # Types only: a range tightened later must not make older run and model folders unreadable.
     apply_values(cfg, {k: v for k, v in doc.items() if not k.startswith("_")}, "", "saved config")
-    check_config(cfg)
     return cfg

@@ -120,7 +120,7 @@ def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> EpochResult:
         if run.cfg.schedule.interval == "step":
             run.scheduler.step()
         faults.kill_point("step")
-        if cfg.log_every and state.global_step % cfg.log_every == 0:
+        if state.global_step % cfg.log_every == 0:
             outputs.check_finite(run, state)
             log_step(run, state.global_step, loss)
         if state.step_in_epoch >= run.steps_per_epoch:

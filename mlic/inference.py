@@ -32,7 +32,7 @@ from mlic.errors import DataError, MlicError, some
 from mlic.export import INFERENCE, load_exported
 from mlic.metrics import compute_metrics, per_label_metrics, tuned_metrics
 
-RESULT_NAME = re.compile(r"^im(\d+)\.[a-z]+$", re.IGNORECASE)  # a row of the course's results file: im<N>.<ext>
+RESULT_NAME = re.compile(r"^im([0-9]+)\.[a-z]+$", re.IGNORECASE)  # a row of the course's results file: im<N>.<ext>
 
 
 class DecodedImages(torch.utils.data.Dataset):
@@ -114,19 +114,25 @@ def numbering_problems(names: list[str]) -> tuple[list[str], list[str]]:
     return problems, gaps
 
 
-def check_numbering(folder: Path, names: list[str], results: str, explicit: bool) -> None:
-    """Before `results` (unnamed 0/1 rows read as im1, im2, ... in number order) is written: a folder whose
-    names cannot say which row is which image is refused; gaps in the numbering are a warning."""
+def check_numbering(folder: Path, names: list[str], results: str, explicit: bool, probs: bool) -> bool:
+    """Whether to write `results` (unnamed 0/1 rows read as im1, im2, ... in number order). A folder whose names
+    cannot say which row is which image is refused when `results` was asked for (`explicit`) or nothing else
+    would be written; beside --probs the results file is left out with a warning. Gaps are a warning."""
     problems, gaps = numbering_problems(names)
     if problems:
-        hint = "" if explicit else f" ({results} is written when neither --out nor --probs is given)"
-        raise DataError(f"{folder}: the rows of {results} are images in im<N> number order, but "
-                        f"{some(problems, sep='; ')}; rename them to im<N>.jpg, one number each, or leave out --out and "
-                        f"write --probs FILE, which names the image of every row{hint}")
+        why = (f"{folder}: the rows of {results} are images in im<N> number order, but {some(problems, sep='; ')}; "
+               "rename them to im<N>.jpg, one number each")
+        if probs and not explicit:
+            print(f"warning: {why}; {results} not written (the --probs file names the image of every row)",
+                  file=sys.stderr)
+            return False
+        hint = "" if explicit else f" ({results} is written when --out is not given)"
+        raise DataError(f"{why}, or leave out --out and write --probs FILE, which names the image of every row{hint}")
     if gaps:
         print(f"warning: {folder}: no image for {some(gaps)} between {names[0]} and {names[-1]}: {results} has a row "
               "per image present, so a reader counting rows from the first number misplaces those after a gap",
               file=sys.stderr)
+    return True
 
 
 def infer(model, loader, transform) -> np.ndarray:
@@ -153,10 +159,10 @@ def predict_command(model_dir: str, images: str, out: str | None, probs_path: st
         return 0
     from mlic.predictor import load_model
 
-    results = out or (None if probs_path else "results.txt")  # neither given: the course's file, as before
-    if results:  # before the model loads: a refusal costs nothing
-        folder, files = image_files(Path(images))
-        check_numbering(folder, [p.name for p in files], results, explicit=out is not None)
+    results = out or "results.txt"  # the course's file, as before; checked before the model loads
+    folder, files = image_files(Path(images))
+    if not check_numbering(folder, [p.name for p in files], results, explicit=out is not None, probs=bool(probs_path)):
+        results = None
     predictor = load_model(model_dir, batch_size=batch_size, workers=workers)
     dataset = folder_images(Path(images), predictor.settings)  # decoded as training did
     problems = {p.row: p.text for p in decode_problems(dataset, workers)}

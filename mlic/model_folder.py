@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
+from mlic.config import ModelConfig, config_from_dict
+from mlic.data.decode import DecodeSettings
 from mlic.errors import ConfigError, MlicError, some
+from mlic.models import MODELS, build_model, probe
 
 WEIGHTS = "model.safetensors"
 META = "config.json"
@@ -109,8 +113,6 @@ def _rebuilds_offline(name: str, arch: dict) -> list[str]:
     """Whether `build_model(exported=arch)` builds `name` from the folder's own record: the backbones whose
     definition lives on the hub (timm's `hf-hub:` names, a Hugging Face config not recorded, remote code) are
     refused, since rebuilding them would fetch it, or find whatever the cache holds."""
-    from mlic.models import MODELS
-
     library, _, source = name.partition("/")
     if library in ("timm", "hf") and not source:
         return [f"{META} 'architecture.name' {name!r} names no model after '{library}/'"]
@@ -200,9 +202,6 @@ def _preprocess(pre: Any) -> list[str]:
 
 def _config(doc: Any) -> list[str]:
     """The run's training config, as the loaders rebuild it (decode settings, cache size)."""
-    from mlic.config import config_from_dict
-    from mlic.data.decode import DecodeSettings
-
     if not isinstance(doc, dict):
         return [f"{META} 'config' is {_kind(doc)}, not the run's config (an object)"]
     try:
@@ -216,8 +215,6 @@ def _config(doc: Any) -> list[str]:
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(folder / WEIGHTS))
     except Exception as exc:  # SafetensorError (truncated, not safetensors), OSError: the file cannot serve
@@ -242,9 +239,6 @@ def check_weights(folder: Path, arch: dict, state: dict[str, torch.Tensor], buil
 
 def rebuild(folder: Path, meta: dict) -> torch.nn.Module:
     """The network `meta['architecture']` describes, with the folder's weights, in eval mode."""
-    from mlic.config import ModelConfig
-    from mlic.models import build_model
-
     arch = meta["architecture"]
     fields = ("head", "head_batchnorm", "dropout", "mldecoder_groups", "mldecoder_dim")  # head: recorded since 0.2
     cfg = ModelConfig(name=arch["name"], pretrained=False, **{k: arch[k] for k in fields if k in arch})
@@ -261,6 +255,10 @@ def rebuild(folder: Path, meta: dict) -> torch.nn.Module:
         model.load_state_dict(state)
     except RuntimeError as exc:  # same names and shapes, yet refused (e.g. a dtype torch cannot copy)
         raise refuse(folder, [f"{WEIGHTS} does not load into {arch['name']}: {str(exc).splitlines()[0]}"]) from None
+    size = meta.get("preprocess", {}).get("size")
+    if size is not None and (problem := probe(model, size)) is not None:
+        raise refuse(folder, [f"{arch['name']} cannot take the {size}x{size} images of {META} 'preprocess.size' "
+                              f"({problem})"])
     return model.eval()
 
 

@@ -160,6 +160,22 @@ def make_head(cfg, in_features: int, num_labels: int) -> nn.Module:
                      embed_dim=min(cfg.mldecoder_dim, in_features) // 8 * 8)
 
 
+def probe(model: nn.Module, size: int) -> str | None:
+    """Why `model` cannot take one size x size image (a timm ViT built for another size, a network whose
+    pooling leaves nothing of a small image), or None. One forward pass on one image in eval mode: no
+    BatchNorm statistics change, nothing is trained."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    except (RuntimeError, ValueError, AssertionError, TypeError, IndexError) as exc:  # what torch and timm raise
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    finally:
+        model.train(training)
+    return None
+
+
 def build_model(cfg, num_labels: int, exported: dict | None = None) -> tuple[nn.Module, Preprocess]:
     """The model named by `cfg.name` (a ModelConfig) and how its inputs are preprocessed; `exported`
     (an exported model's architecture record) rebuilds it without weights files or hub access."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +87,7 @@ class Items:
         if self.ascending and list(value) != sorted(value):
             return "must be in ascending order"
         if self.unique and len(set(value)) != len(value):
-            return f"repeats {some(sorted({v for v in value if value.count(v) > 1}))}"
+            return f"repeats {some(sorted(v for v, n in Counter(value).items() if n > 1))}"
         return None
 
 
@@ -106,7 +107,14 @@ def value_problems(key: str, value: Any, hint: Any, rule: Rule | None) -> list[s
         problems.append("holds a NUL character")
     if not problems and rule is not None and (problem := rule.problem(value)) is not None:
         problems.append(problem)
-    return [f"config key '{key}': {value!r} {p}" for p in problems]
+    return [f"config key '{key}': {shown(value)} {p}" for p in problems]
+
+
+def shown(value: Any) -> str:
+    """A value for a message: a long list as its first few items and how many more."""
+    if isinstance(value, list) and len(value) > 5:
+        return f"[{some(map(repr, value))}]"
+    return repr(value)
 
 
 def section_problems(section: Any, prefix: str) -> list[str]:

@@ -16,6 +16,7 @@ from mlic.config import DataConfig
 from mlic.data.datasets import label_name_problems, load_dataset
 from mlic.data.formats import parse_helsinki
 from mlic.data.split import rarest_label_split, stratified_split
+from mlic.errors import DataError
 from mlic.labels import LabelMatrix
 from mlic.sampler import MultilabelBalancedSampler
 from tests.conftest import REPO
@@ -146,36 +147,51 @@ def test_an_image_outside_the_data_root_is_a_warning(tmp_path, capsys):
         "5: duplicate of line 3 (out.jpg, the same file as ../other/y.jpg)"]
     warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: {root}/labels.csv: 1 image(s) outside {root}: ../other/y.jpg (line 3)"]
-    (root / "labels.csv").write_text("path,labels\na/x1.jpg,dog\nout.jpg,cat\na/x2.jpg,dog|cat\n")
+    (root / "labels.csv").write_text("path,labels\na/x1.jpg,dog\n../other/y.jpg,cat\na/x2.jpg,dog|cat\n")
     assert main(["check-data", "--format", "csv", str(root)]) == 0
     assert "1 image(s) outside" in capsys.readouterr().err
     assert main(["check-data", "--strict", "--format", "csv", str(root)]) == 1
     capsys.readouterr()
     dataset, rows = load_dataset(DataConfig(format="csv", root=str(root)))  # training still reads it
-    assert dataset.names == ["a/x1.jpg", "out.jpg", "a/x2.jpg"] and len(rows) == 3
+    assert dataset.names == ["a/x1.jpg", "../other/y.jpg", "a/x2.jpg"] and len(rows) == 3
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"warning: {root}/labels.csv: 1 image(s) outside {root}: out.jpg (line 3)"]
+    assert err == [f"warning: {root}/labels.csv: 1 image(s) outside {root}: ../other/y.jpg (line 3)"]
+    (root / "images").symlink_to(other)  # a folder of the data kept on another disk: the data's own
+    (root / "labels.csv").write_text("path,labels\na/x1.jpg,dog\nimages/y.jpg,cat\na/x2.jpg,dog|cat\n")
+    assert main(["check-data", "--strict", "--format", "csv", str(root)]) == 0
 
 
 def test_label_names_that_cannot_be_file_names_are_warnings(demo_copy, tmp_path, capsys):
-    (demo_copy / "annotations" / " .txt").write_text("1\n")
-    (demo_copy / "annotations" / ".txt").write_text("2\n")  # the label ''
+    """A name that cannot be a file name is a warning; no name at all (blank, or the file `.txt`) is a problem:
+    the exported model, results and figures could not say which label it is."""
+    (demo_copy / "annotations" / "a.b.txt").write_text("3\n")  # fine: the label 'a.b'
+    (demo_copy / "annotations" / "...txt").write_text("3\n")  # the label '..'
     assert main(["check-data", str(demo_copy)]) == 0
     err = capsys.readouterr().err.splitlines()
     assert [line.split("annotations/")[1] for line in err if "cannot be a file name" in line] == [
-        " .txt: label name ' ' cannot be a file name ({label}.txt); rename it",
-        ".txt: label name '' cannot be a file name ({label}.txt); rename it"]
+        "...txt: label name '..' cannot be a file name ({label}.txt); rename it"]
     assert main(["check-data", "--strict", str(demo_copy)]) == 1
+    (demo_copy / "annotations" / " .txt").write_text("1\n")
+    (demo_copy / "annotations" / ".txt").write_text("2\n")  # the label ''
+    assert main(["check-data", str(demo_copy)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("annotations/", 1)[1] for line in out if "empty or blank" in line] == [
+        " .txt: label name ' ' is empty or blank (the helsinki file of label X is annotations/X.txt); rename it",
+        ".txt: label name '' is empty or blank (the helsinki file of label X is annotations/X.txt); rename it"]
+    with pytest.raises(DataError, match="empty or blank"):
+        load_dataset(DataConfig(root=str(demo_copy)))
     root = _csv_root(tmp_path / "d", ["a/x1.jpg,..", "a/x2.jpg,dog"])
     assert main(["check-data", "--strict", "--format", "csv", str(root)]) == 1
     assert "label name '..' cannot be a file name" in capsys.readouterr().err
 
 
 def test_which_label_names_cannot_be_file_names():
-    bad = ["", " ", "\t", ".", "..", "a/b", "a\0b", "two\nlines"]
+    blank, bad = ["", " ", "\t"], [".", "..", "a/b", "a\0b", "two\nlines"]
     good = ["dog", "a b", ".hidden", ".txt", "x.txt", "café", "..x"]  # .txt: the file .txt.txt
-    flagged = [p.text for p in label_name_problems(bad + good, "f")]
-    assert len(flagged) == len(bad) and all("cannot be a file name" in t and "\n" not in t for t in flagged)
+    flagged = label_name_problems(blank + bad + good, "f")
+    assert [p.warning for p in flagged] == [False] * len(blank) + [True] * len(bad)
+    assert all("\n" not in p.text for p in flagged)
+    assert all("cannot be a file name" in p.text for p in flagged[len(blank):])
     assert not label_name_problems(["/m/0bt9lr"], "f", slash=True)  # Open Images' MIDs
 
 

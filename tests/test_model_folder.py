@@ -192,8 +192,9 @@ def test_predict_out_warns_of_gaps_in_the_numbering(model_src, demo_dir, tmp_pat
 
 
 def test_without_out_every_photo_is_predicted_and_named(model_src, demo_dir, tmp_path, monkeypatch, capsys):
-    """--probs alone: any names, each row named, im<N> of any image type in number order. Neither --out nor
-    --probs: results.txt as before when the numbering is clean, refused when it is not."""
+    """--probs alone: any names, each row named, im<N> of any image type in number order; results.txt beside it
+    only when the numbering is clean. Neither --out nor --probs: results.txt as before when the numbering is
+    clean, refused when it is not."""
     monkeypatch.chdir(tmp_path)
     folder = _images(tmp_path / "photos", demo_dir, ["im10.jpg", "im2.png", "im01.jpg", "cat.png", "im1.jpg"])
     probs = tmp_path / "probs.csv"
@@ -201,9 +202,32 @@ def test_without_out_every_photo_is_predicted_and_named(model_src, demo_dir, tmp
     rows = [line.split(",")[0] for line in probs.read_text().splitlines()[1:]]
     assert rows == ["im01.jpg", "im1.jpg", "im2.png", "im10.jpg", "cat.png"]
     assert not (tmp_path / "results.txt").exists()
+    assert "results.txt not written" in capsys.readouterr().err
 
-    with pytest.raises(MlicError, match=r"leave out --out and write --probs FILE.*results\.txt is written when neither"):
+    with pytest.raises(MlicError, match=r"leave out --out and write --probs FILE.*results\.txt is written when --out"):
         predict_command(str(model_src), str(folder), None, None, False, 8, 0)
     clean = _images(tmp_path / "clean", demo_dir, ["im1.jpg", "im2.jpg"])
     assert predict_command(str(model_src), str(clean), None, None, False, 8, 0) == 0
     assert len((tmp_path / "results.txt").read_text().splitlines()) == 2
+    (tmp_path / "results.txt").unlink()
+    assert predict_command(str(model_src), str(clean), None, str(probs), False, 8, 0) == 0
+    assert len((tmp_path / "results.txt").read_text().splitlines()) == 2  # beside --probs, as before
+    digits = _images(tmp_path / "digits", demo_dir, ["im1.jpg", "im\u0661\u0662.jpg"])  # Arabic-Indic 12: no number
+    with pytest.raises(MlicError, match="not named im<N>"):
+        predict_command(str(model_src), str(digits), str(tmp_path / "r.txt"), None, False, 8, 0)
+
+
+def test_a_training_key_out_of_todays_range_does_not_lock_an_old_folder(model_src, tmp_path):
+    """The saved training config is read for types only: a range tightened later (train.log_every=0 was
+    allowed once) must not make a model folder of an older run unreadable."""
+    folder = Path(shutil.copytree(model_src, tmp_path / "model"))
+    _set(0, "config", "train", "log_every")(folder)
+    assert mlic.load_model(folder, device="cpu").label_names
+
+
+def test_a_size_the_network_cannot_take_is_one_line(model_src, tmp_path):
+    folder = Path(shutil.copytree(model_src, tmp_path / "model"))
+    _set(1, "preprocess", "size")(folder)
+    with pytest.raises(MlicError, match=r"cannot take the 1x1 images of config.json 'preprocess.size'") as info:
+        mlic.load_model(folder, device="cpu")
+    assert "\n" not in str(info.value)

@@ -285,7 +285,7 @@ def _decode_all(dataset: MultilabelImages, size: int, path: Path, workers: int, 
             partial.unlink()
             done_path.unlink()
             raise
-        raise DataError(f"{exc}\n(the {kept:,} images decoded so far stay in {partial}: a rerun on the same data "
+        raise DataError(f"{exc} (the {kept:,} images decoded so far stay in {partial}: a rerun on the same data "
                         "resumes from them; delete it if the dataset changes)") from None
     finally:
         os.close(done_fd)

@@ -25,7 +25,7 @@ from mlic.data.decode import Decoded, DecodeReport, DecodeSettings, decode_image
 from mlic.errors import DataError, some
 from mlic.labels import LabelMatrix
 
-IMAGE_NAME = re.compile(r"^im(\d+)\.jpe?g$", re.IGNORECASE)
+IMAGE_NAME = re.compile(r"^im([0-9]+)\.jpe?g$", re.IGNORECASE)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SHOWN_PROBLEMS = 5  # a training error names this many problems; `mlic check-data` lists them all
 
@@ -103,13 +103,16 @@ def unreadable_file(path: Path) -> str | None:
 
 def label_name_problems(names: Iterable[str], where: str, slash: bool = False) -> list[Problem]:
     """A warning for each label name that cannot be a file name (`{label}.txt` in the helsinki layout, a
-    per-label figure): empty (the helsinki file `.txt`) or only spaces, `.` or `..`, with `/` (unless
+    per-label figure): `.` or `..`, with `/` (unless
     `slash`: Open Images' MIDs are `/m/...`) or NUL or another control character. A name that is not UTF-8
     is a problem: no results file or log can hold it."""
     problems = []
     for name in names:
         if not is_utf8(name):
             problems.append(Problem(f"{where}: label name '{name}' is not UTF-8; rename it"))  # printable() shows it
+        elif not name.strip():  # no name at all: no results file, model folder or figure could say which label
+            problems.append(Problem(f"{where}: label name {name!r} is empty or blank (the helsinki file of label X "
+                                    "is annotations/X.txt); rename it"))
         elif _not_a_file_name(name, slash):
             problems.append(Problem(f"{where}: label name {name!r} cannot be a file name ({{label}}.txt); rename "
                                     "it", warning=True))
@@ -117,7 +120,7 @@ def label_name_problems(names: Iterable[str], where: str, slash: bool = False) -
 
 
 def _not_a_file_name(name: str, slash: bool) -> bool:
-    if not name.strip() or not name.isprintable() or ("/" in name and not slash):  # NUL is not printable
+    if not name.isprintable() or ("/" in name and not slash):  # NUL is not printable
         return True
     return name.rpartition("/")[2] in ("", ".", "..")
 
@@ -247,13 +250,10 @@ def usable_rows(dataset: MultilabelImages | None, problems: Sequence[Problem], c
                         f"about the data (`{check}` lists them): {some(warnings, 2, '; ')}"), file=sys.stderr)
     blocking = [p for p in problems if not p.harmless and not (skip_unreadable and p.row is not None)]
     if blocking or dataset is None:
-        shown = [p.text for p in blocking[:SHOWN_PROBLEMS]]
-        if len(blocking) > SHOWN_PROBLEMS:
-            shown.append(f"... and {len(blocking) - SHOWN_PROBLEMS} more")
         hint = printable(f"`{check}` lists every problem")  # ROOT may be any bytes
         if any(p.row is not None for p in blocking):
             hint += "; data.skip_bad=true leaves unreadable images out of training"
-        raise DataError("\n".join([*shown, hint]))
+        raise DataError(f"{some([p.text for p in blocking], SHOWN_PROBLEMS, '; ')}; {hint}")
     skipped = {p.row for p in problems if p.row is not None}
     return np.array([i for i in range(len(dataset)) if i not in skipped], dtype=np.int64)
 

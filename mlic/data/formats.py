@@ -8,9 +8,11 @@ stopping at the first; the dataset is None only when nothing usable could be bui
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import os
+import stat
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -216,12 +218,15 @@ def parse_csv(root, labels: Collection[str] | None = None, settings: DecodeSetti
 def _csv_rows(manifest: Path, root: Path, labels: Collection[str] | None):
     """([(path, positives, negatives)] of the lines with an image, problems); None for the rows when the
     header is wrong. Two lines naming one file are a duplicate however the path is spelt (`a/./x.jpg`,
-    `a/../a/x.jpg`, a symbolic link to it): paths are compared resolved. A path that resolves outside ROOT
-    (`../x.jpg`, an absolute path, a link out) is a warning, one line for all: the data is more than ROOT."""
+    `a/../a/x.jpg`, a symbolic link to it): paths are compared resolved. A path written to leave ROOT
+    (`../x.jpg`, an absolute path elsewhere) is a warning, one line for all: the data is more than ROOT (links
+    are not followed for this: an images/ folder linked to another disk is the data's own).
+    One lstat per line; folders are resolved once each, so a manifest of millions of lines stays cheap."""
     problems: list[Problem] = []
     rows: list[tuple[str, list[str], list[str]]] = []  # path, positives, negatives
     seen: dict[str, tuple[int, str]] = {}  # resolved path -> (line, path as written)
-    inside, outside = os.path.realpath(root), []
+    inside, outside = os.path.abspath(root), []
+    real_folder = functools.lru_cache(maxsize=None)(os.path.realpath)
     try:
         with manifest.open(newline="") as fh:
             reader = csv.DictReader(fh)
@@ -231,11 +236,14 @@ def _csv_rows(manifest: Path, root: Path, labels: Collection[str] | None):
                 rel, where = (row.get("path") or "").strip(), f"{manifest}:{lineno}"
                 positives, negatives, label_problems = _csv_labels(row.get("labels") or "", where, labels)
                 problems += label_problems
-                found = bool(rel) and os.path.lexists(root / rel)  # a broken link is found (and unreadable)
+                path = os.path.normpath(os.path.join(inside, rel))
+                link = _lstat_link(path) if rel else None  # a broken link is found (and unreadable)
+                found = link is not None
                 if not found:
                     problems.append(Problem(f"{where}: image {rel!r} not found"))
-                resolved = os.path.realpath(root / rel)
-                if found and resolved not in seen and not Path(resolved).is_relative_to(inside):
+                resolved = (os.path.realpath(path) if link else
+                            os.path.join(real_folder(os.path.dirname(path)), os.path.basename(path)))
+                if found and resolved not in seen and not Path(path).is_relative_to(inside):
                     outside.append(f"{rel} (line {lineno})")
                 if resolved in seen:
                     line, first = seen[resolved]
@@ -249,6 +257,14 @@ def _csv_rows(manifest: Path, root: Path, labels: Collection[str] | None):
     if outside:
         problems.append(Problem(f"{manifest}: {len(outside)} image(s) outside {root}: {some(outside)}", warning=True))
     return rows, problems
+
+
+def _lstat_link(path: str) -> bool | None:
+    """Whether `path` is a symbolic link; None when there is nothing at all (one lstat)."""
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return None
 
 
 def _csv_labels(text: str, where: str, labels: Collection[str] | None) -> tuple[list[str], list[str], list[Problem]]:

@@ -139,7 +139,7 @@ def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) 
             except NoSpaceForCache:
                 raise
             except DataError as exc:  # an unreadable image: the cache is the first to decode every one
-                raise DataError(f"{exc}\n`mlic check-data` on the dataset lists every problem; data.skip_bad=true "
+                raise DataError(f"{exc}; `mlic check-data` on the dataset lists every problem; data.skip_bad=true "
                                 "leaves unreadable images out of training") from None
         train_source = val_source = CachedImages(path, dataset.labels)
         common["collate_fn"] = collate_batch
@@ -150,13 +150,13 @@ def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) 
         val_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std, None, mode))
         train_transform = eval_transform = PassThrough(channels_last)
     train, val = Subset(train_source, train_idx), Subset(val_source, val_idx)
-    if len(train) < cfg.train.batch_size * world:
-        raise ConfigError(
-            f"config key 'train.batch_size': {cfg.train.batch_size} per process x {world} processes is more than "
-            f"the {len(train)} training images; lower it"
-        )
     train_labels = dataset.labels.take(train_idx)
     sampler = build_sampler(cfg, train_labels, dataset.label_names)
+    if len(sampler) < cfg.train.batch_size * world:  # not one whole batch per process: an epoch of no step
+        drawn = (f"the sampler's {len(sampler)} draws per epoch (sampler.num_samples)" if cfg.sampler.num_samples
+                 else f"the {len(train)} training images")
+        raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} per process x {world} processes is "
+                          f"more than {drawn}; lower it")
     train_loader = DataLoader(train, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True, **common)
     val_loader = DataLoader(val, batch_size=cfg.train.eval_batch_size, shuffle=False, **common)
     return Data(dataset, train, val, train_labels, train_loader, val_loader, sampler, train_transform,
