@@ -163,7 +163,10 @@ def make_head(cfg, in_features: int, num_labels: int) -> nn.Module:
 def probe(model: nn.Module, size: int) -> str | None:
     """Why `model` cannot take one size x size image (a timm ViT built for another size, a network whose
     pooling leaves nothing of a small image), or None. One forward pass on one image in eval mode: no
-    BatchNorm statistics change, nothing is trained."""
+    BatchNorm statistics change, nothing is trained. Weights that DeepSpeed ZeRO-3 already partitioned at
+    build (`zero3_init_flag`) cannot run outside its engine: not probed."""
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        return None
     training = model.training
     model.eval()
     try:
