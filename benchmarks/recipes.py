@@ -3,6 +3,7 @@ together, at equal epochs, on Fashion-MNIST mosaics (real photos, 10 labels), fr
 report's CNN and fine-tuned from the pretrained EfficientNet-Lite0, over several seeds.
 
     python benchmarks/recipes.py [--seeds 2] [--backbones cnn,lite0] [--out runs/recipes]
+    python benchmarks/recipes.py --only "ASL,all together" --out runs/recipes_asl   # the rows with ASL only
 
 Every run reports its last epoch, no selection on val: the trained weights' "val" line, or for runs with
 an EMA the average's "val_ema" line (the weights that run would ship). Printed per row: mean ± half the
@@ -79,7 +80,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--backbones", default="cnn,lite0")
-    parser.add_argument("--only", help="run only the rows whose name contains this")
+    parser.add_argument("--only", help="run only the rows whose name contains one of these (comma-separated)")
     parser.add_argument("--out", default="runs/recipes")
     args = parser.parse_args()
     out = Path(args.out)
@@ -87,7 +88,7 @@ def main() -> None:
     print("| backbone | recipe | val mAP | macro-F1 @0.5 | macro-F1 tuned (held-out) | wall s / run |\n|---|---|---|---|---|---|")
     for backbone in args.backbones.split(","):
         for name, overrides in ROWS.items():
-            if args.only and args.only not in name:
+            if args.only and not any(part in name for part in args.only.split(",")):
                 continue
             slug = "".join(c if c.isalnum() else "_" for c in name.lower())[:40]
             results, walls = [], []

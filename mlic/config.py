@@ -167,6 +167,10 @@ class LossConfig:
     gamma_neg: float = 4.0
     gamma_pos: float = 0.0
     asl_clip: float = 0.05
+    # asl: the focusing weights are constants to autograd, as in the paper's training code
+    # (disable_torch_grad_focal_loss=True). false: they keep their own gradient, as mlic did before (a checkpoint
+    # written then resumes only with false). focal always keeps it (the focal paper's).
+    asl_detach_focusing: bool = True
 
     RANGES: ClassVar[dict[str, Rule]] = {
         "pos_weight_clip": above(0), "focal_gamma": at_least(0), "gamma_neg": at_least(0), "gamma_pos": at_least(0),

@@ -97,39 +97,47 @@ class AsymmetricLoss(_MultiLabelLoss):
 
         -[ y (1 - p)^gamma_pos log(p) + (1 - y) p_m^gamma_neg log(1 - p_m) ],  p_m = max(p - clip, 0)
 
-    The shift `clip` discards easy negatives (p <= clip cost nothing). The focusing weights keep their
-    gradient: the paper's optional `disable_torch_grad_focal_loss` is off by default there, and here.
-    The paper's code sums over entries; this is the mean, as for `bce`.
+    The shift `clip` discards easy negatives (p <= clip cost nothing). With `detach_focusing` (the default)
+    the focusing weights (1 - p)^gamma_pos and p_m^gamma_neg are constants to autograd, as in the paper's
+    training code (`disable_torch_grad_focal_loss=True`, its default since 2021): the loss values are the
+    same either way, the gradients are not (an easy negative at logit 0, gamma_neg 4, clip 0.05: 0.0186
+    detached, 0.0731 with the weight's own gradient). The paper's code sums over entries; this is the
+    mean, as for `bce`.
     """
 
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05,
-                 pos_weight: torch.Tensor | None = None):
+                 pos_weight: torch.Tensor | None = None, detach_focusing: bool = True):
         super().__init__(pos_weight)
         if clip < 0 or gamma_neg < 0 or gamma_pos < 0:
             raise ValueError(f"asl needs gamma_neg, gamma_pos, clip >= 0, got {gamma_neg}, {gamma_pos}, {clip}")
         self.gamma_neg, self.gamma_pos, self.clip = float(gamma_neg), float(gamma_pos), float(clip)
+        self.detach_focusing = bool(detach_focusing)
+
+    def _focusing(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.detach() if self.detach_focusing else weight
 
     def per_entry(self, logits, target):
         # log p and log(1 - p) from logsigmoid: finite for logits of any size, unlike log(sigmoid(x)).
         log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
         # (1 - p)^gamma as exp(gamma * log(1 - p)), from the same logsigmoid: no second sigmoid, exactly 1 at gamma 0.
-        positive = target * torch.exp(self.gamma_pos * log_not_p) * log_p
+        positive = target * self._focusing(torch.exp(self.gamma_pos * log_not_p)) * log_p
         if self.clip == 0:
-            negative = (1 - target) * torch.exp(self.gamma_neg * log_p) * log_not_p
+            negative = (1 - target) * self._focusing(torch.exp(self.gamma_neg * log_p)) * log_not_p
         else:
             shifted = (torch.sigmoid(logits) - self.clip).clamp(min=0)  # p_m
             # 1 - p_m = min(1 - p + clip, 1) >= clip, so EPS only matters for a clip below it.
             log_not_shifted = torch.log((torch.sigmoid(-logits) + self.clip).clamp(min=EPS, max=1))
-            negative = (1 - target) * shifted.pow(self.gamma_neg) * log_not_shifted
+            negative = (1 - target) * self._focusing(shifted.pow(self.gamma_neg)) * log_not_shifted
         return -(self._weigh_positive(positive) + negative)
 
 
 class FocalLoss(AsymmetricLoss):
     """Lin et al. 2017 for sigmoid outputs: -[ y (1 - p)^gamma log(p) + (1 - y) p^gamma log(1 - p) ], which
-    is the asymmetric loss with both gammas equal and no clip. (No alpha: `pos_weight` does that job.)"""
+    is the asymmetric loss with both gammas equal and no clip. (No alpha: `pos_weight` does that job.) The
+    focusing weight keeps its gradient, as in the focal paper (its derivative in Appendix A includes it)."""
 
     def __init__(self, gamma: float = 2.0, pos_weight: torch.Tensor | None = None):
-        super().__init__(gamma_neg=gamma, gamma_pos=gamma, clip=0.0, pos_weight=pos_weight)
+        super().__init__(gamma_neg=gamma, gamma_pos=gamma, clip=0.0, pos_weight=pos_weight, detach_focusing=False)
         self.gamma = float(gamma)
 
 
@@ -142,5 +150,6 @@ def build_loss(cfg_loss, train_labels) -> torch.nn.Module:
     if cfg_loss.name == "focal":
         return FocalLoss(cfg_loss.focal_gamma, weight)
     if cfg_loss.name == "asl":
-        return AsymmetricLoss(cfg_loss.gamma_neg, cfg_loss.gamma_pos, cfg_loss.asl_clip, weight)
+        return AsymmetricLoss(cfg_loss.gamma_neg, cfg_loss.gamma_pos, cfg_loss.asl_clip, weight,
+                              cfg_loss.asl_detach_focusing)
     raise ConfigError(f"config key 'loss.name': {cfg_loss.name!r} is not a loss; use bce, focal or asl")

@@ -35,6 +35,13 @@ EMA_FILE = "ema.safetensors"
 FORMAT = 3  # 1: mlic 0.1.0 (a "training" section, gathered partial outputs, no world size); 2: no manifest
 
 
+# A checkpoint written before an identity key existed: how to resume it as it was trained.
+IDENTITY_HINTS = {
+    "loss.asl_detach_focusing": "it was trained with ASL's focusing weight keeping its gradient (before mlic "
+                                "detached it, as the paper's code does): resume it with loss.asl_detach_focusing=false, or ",
+}
+
+
 def check_pickle_trust(accelerator, folder: Path, trust_pickles: bool) -> None:
     """DeepSpeed's checkpoints are read only by unpickling: resumed only with `train.trust_checkpoint_pickles`.
     Part of the preflight, before any data is read."""
@@ -145,9 +152,10 @@ class RunState:
         for key in identity.keys() | doc["identity"].keys():  # a key on one side only is a mismatch too
             value = identity.get(key)
             if doc["identity"].get(key) != value:
+                hint = IDENTITY_HINTS.get(key, "") if key not in doc["identity"] else ""
                 raise ConfigError(
                     f"checkpoint {path} is for {key}={doc['identity'].get(key)!r}, this run has {key}={value!r}; "
-                    "use another run.output_dir, or delete its checkpoints/ to start over"
+                    f"{hint}use another run.output_dir, or delete its checkpoints/ to start over"
                 )
         try:
             with _weights_only(not trust_pickles):

@@ -95,14 +95,15 @@ def test_soft_targets_weigh_both_terms():
                        torch.nn.BCEWithLogitsLoss()(t(LOGITS), t(target)))
 
 
-def test_focusing_weights_keep_their_gradient():
+def test_focusing_weights_are_detached_unless_asked_not_to():
     # One positive, gamma_pos 1: d/dx -(1 - p) log p = -(1 - p) [(1 - p) - p log p]. With the weight detached
-    # (the paper's disable_torch_grad_focal_loss) it would be -(1 - p) ** 2.
-    x = torch.tensor([[0.5]], requires_grad=True)
-    AsymmetricLoss(gamma_neg=0, gamma_pos=1, clip=0.0)(x, t([[1.0]])).backward()
+    # (the default, the paper code's disable_torch_grad_focal_loss) it is -(1 - p) ** 2.
     p = 1 / (1 + math.exp(-0.5))
-    assert x.grad.item() == pytest.approx(-(1 - p) * ((1 - p) - p * math.log(p)), rel=1e-5)
-    assert x.grad.item() != pytest.approx(-((1 - p) ** 2), rel=1e-2)
+    for detach, expected in ((True, -((1 - p) ** 2)), (False, -(1 - p) * ((1 - p) - p * math.log(p)))):
+        x = torch.tensor([[0.5]], requires_grad=True)
+        AsymmetricLoss(gamma_neg=0, gamma_pos=1, clip=0.0, detach_focusing=detach)(x, t([[1.0]])).backward()
+        assert x.grad.item() == pytest.approx(expected, rel=1e-5)
+    assert -((1 - p) ** 2) != pytest.approx(-(1 - p) * ((1 - p) - p * math.log(p)), rel=1e-2)
 
 
 def all_losses():
