@@ -22,6 +22,7 @@ from mlic.losses import build_loss
 from mlic.models import Preprocess, build_model, head_prefix, is_cnn, probe
 from mlic.run_state import check_pickle_trust, latest_checkpoint
 from mlic.selection import check_select_metric
+from mlic.stepping import OverflowGuard
 from mlic.trackers import check_trackers, make_trackers
 
 
@@ -43,6 +44,7 @@ class Run:
     identity: dict[str, Any]  # what a checkpoint must match to be resumed by this run
     cast: torch.dtype | None  # input dtype under DeepSpeed half precision
     steps_per_epoch: int  # optimizer steps of an epoch on each rank (train.max_steps_per_epoch applied)
+    overflow: OverflowGuard | None = None  # fp16 loss-scale overflows; its count in a row spans epochs
     ema: WeightEma | None = None  # train.ema_decay: the average of the weights, evaluated beside them
     tracking: Any = None  # mlic.trackers.Publisher, set when the run folder starts
 
@@ -72,6 +74,20 @@ def check_ema(cfg: Config, accelerator: Accelerator) -> None:
                           "unset it (train.ema_decay=null) or train with DDP (a launch/ config without deepspeed)")
 
 
+def check_accumulation(cfg: Config, accelerator: Accelerator) -> None:
+    """Steps, windows and the weights of a last, partial window (`mlic.stepping.loss_weight`) are counted in
+    `train.grad_accum` micro-batches: accelerate and DeepSpeed must accumulate as many, and divide by it."""
+    theirs = {"accelerate's (ACCELERATE_GRADIENT_ACCUMULATION_STEPS, from the launch config)":
+              accelerator.gradient_accumulation_steps}
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        theirs["the DeepSpeed config's gradient_accumulation_steps"] = ds.get("gradient_accumulation_steps", "auto")
+    for whose, steps in theirs.items():
+        if steps not in ("auto", cfg.train.grad_accum):
+            raise ConfigError(f"config key 'train.grad_accum': {cfg.train.grad_accum}, but {whose} is {steps}; set "
+                              "train.grad_accum alone (\"auto\" in a DeepSpeed config, nothing in the launch config)")
+
+
 def preflight(cfg: Config) -> Accelerator:
     """The checks a config's own ranges cannot make, all before any data is read: the metric to select on
     (it depends on the EMA and thresholds), the trackers' libraries and MLflow's store, the launcher's world
@@ -82,6 +98,7 @@ def preflight(cfg: Config) -> Accelerator:
         check_trackers(cfg)
         accelerator = make_accelerator(cfg)
         check_world_size(accelerator)
+        check_accumulation(cfg, accelerator)
         check_ema(cfg, accelerator)
         check_pickle_trust(accelerator, Path(cfg.run.output_dir) / "checkpoints", cfg.train.trust_checkpoint_pickles)
     except ConfigError as exc:
@@ -216,13 +233,17 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     identity = {"model": cfg.model.name, "label_names": dataset.label_names}
     if dataset.labels.partial:  # masked (unknown entries out of the loss): a different objective
         identity["partial_labels"] = True
+    if cfg.loss.name == "asl" and cfg.loss.asl_detach_focusing:
+        # Another gradient than mlic's ASL had before this key: a checkpoint without it (written then) names this
+        # key on refusal, and resumes with loss.asl_detach_focusing=false (which adds nothing here).
+        identity["loss.asl_detach_focusing"] = True
     ema = None
     if cfg.train.ema_decay is not None:
         ema = WeightEma(base_model(accelerator, model), cfg.train.ema_decay, cfg.train.ema_warmup)
         identity["ema"] = True  # a checkpoint with the average resumes only into a run with one, and back
     return Run(cfg, accelerator, Path(cfg.run.output_dir), data, model, optimizer, scheduler,
                loss_fn.to(accelerator.device), train_loader, val_loader, preprocess, identity,
-               input_dtype(accelerator), steps_per_epoch(cfg, len(train_loader)), ema)
+               input_dtype(accelerator), steps_per_epoch(cfg, len(train_loader)), OverflowGuard(accelerator), ema)
 
 
 def dry_run(cfg: Config) -> dict[str, Any]:

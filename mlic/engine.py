@@ -46,6 +46,7 @@ from mlic.run_log import log_epoch, log_step, publish, start_run_folder, start_t
 from mlic.run_state import RunState, latest_checkpoint
 from mlic.seeding import mix_seed
 from mlic.selection import chosen_split
+from mlic.stepping import epoch_micro_steps, loss_weight
 
 __all__ = ["build_optimizer", "build_scheduler", "evaluate", "fit", "predict_logits", "train_one_epoch"]
 
@@ -102,11 +103,12 @@ def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> EpochResult:
     run.model.train()
     done = state.step_in_epoch * cfg.grad_accum  # batches (per rank) of this epoch already trained on
     outputs = EpochOutputs(acc, track_finite=not cfg.skip_nonfinite)
-    start = time.perf_counter()
+    start, micro_steps = time.perf_counter(), epoch_micro_steps(run)
     for micro_step, (images, target, _) in enumerate(_epoch_batches(run, state, done), start=done):
         generator = seed_step(acc.device, cfg.seed, state.epoch, micro_step, acc.process_index)
         with acc.accumulate(run.model):
-            logits, loss = forward_backward(run, images, target, generator)
+            weight = loss_weight(micro_step, micro_steps, cfg.grad_accum)  # a last, partial window: its mean
+            logits, loss = forward_backward(run, images, target, generator, weight)
             outputs.add(logits, target, loss, state.global_step + 1)
             skipped = optimizer_step(run, outputs, state.global_step + 1)
         if not acc.sync_gradients:
@@ -141,10 +143,10 @@ def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> EpochResult:
     return EpochResult(metrics, stopped=False)
 
 
-def forward_backward(run: Run, images, target, generator: torch.Generator):
-    """The augmented batch through the model, the loss and its gradients. Returns (logits, loss),
-    detached, on the device. With MixUp / CutMix the loss sees the mixed targets; the epoch's training
-    metrics compare the outputs with the images' own targets."""
+def forward_backward(run: Run, images, target, generator: torch.Generator, weight: float = 1.0):
+    """The augmented batch through the model, the loss and its gradients (of the loss times `weight`,
+    `mlic.stepping.loss_weight`). Returns (logits, loss), detached, on the device. With MixUp / CutMix the
+    loss sees the mixed targets; the epoch's training metrics compare the outputs with the images' own targets."""
     x = run.data.train_transform(images, generator)
     aug = run.cfg.augment
     if aug.enabled and (aug.mixup > 0 or aug.cutmix > 0):
@@ -159,20 +161,24 @@ def forward_backward(run: Run, images, target, generator: torch.Generator):
     loss = run.loss_fn(logits, target, known)
     if faults.hit("nan"):
         loss = loss * float("nan")
-    run.accelerator.backward(loss)
+    run.accelerator.backward(loss * weight if weight != 1 else loss)
     return logits.detach(), loss.detach()
 
 
 def optimizer_step(run: Run, outputs: EpochOutputs, step: int) -> bool:
     """At the end of an accumulation: clip, then step unless `train.skip_nonfinite` finds a non-finite
     loss or gradient norm anywhere in the accumulation, on any rank (one host sync per step, only in
-    that mode). Between, accelerate makes step and zero_grad no-ops. Returns whether it skipped."""
+    that mode). Between, accelerate makes step and zero_grad no-ops. Under fp16 a non-finite gradient
+    norm is a loss-scale overflow, not divergence: the scaler skips the step itself and lowers its scale
+    (`mlic.stepping.OverflowGuard`, counted without a host sync). Returns whether this function skipped."""
     acc, cfg = run.accelerator, run.cfg.train
-    if acc.sync_gradients and cfg.clip_grad_norm is not None:
-        outputs.note_finite(torch.isfinite(acc.clip_grad_norm_(run.model.parameters(), cfg.clip_grad_norm)), step)
+    if acc.sync_gradients:
+        run.overflow.clip_and_check(run, outputs, step)
     skipped = cfg.skip_nonfinite and acc.sync_gradients and any_rank(acc, ~outputs.window_finite)
     if not skipped:
         run.optimizer.step()
+    elif acc.scaler is not None:  # it unscaled this step's gradients: without an update its next unscale_ raises
+        acc.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     return skipped
 
@@ -184,7 +190,7 @@ def _epoch_batches(run: Run, state: RunState, done: int):
     if done:  # resumed mid-epoch: the same global order, minus what was trained on
         loader = run.accelerator.skip_first_batches(loader, done)
         loader.set_epoch(state.epoch)  # a new loader counts epochs from 0: the sampler must see this one
-    left = max(0, run.steps_per_epoch * run.cfg.train.grad_accum - done)  # train.max_steps_per_epoch
+    left = max(0, epoch_micro_steps(run) - done)
     show = run.accelerator.is_main_process and run.cfg.run.progress
     return tqdm(itertools.islice(loader, left), desc=f"epoch {state.epoch} train", total=left, leave=False,
                 disable=None if show else True)  # disable=None: no bar when stderr is not a terminal
@@ -203,14 +209,26 @@ def seed_step(device: torch.device, seed: int, epoch: int, step: int, rank: int)
 
 
 class EpochOutputs:
-    """The epoch's training outputs, kept on the device and gathered once, and the first step whose
-    loss or gradient norm was not finite (also on the device: read only where the loop syncs anyway).
-    Outputs of an accumulation are held apart until its optimizer step is taken or skipped."""
+    """The epoch's training outputs for the train metrics, kept on the device and gathered once, and the
+    first step whose loss or gradient norm was not finite (also on the device: read only where the loop syncs
+    anyway). Outputs of an accumulation are held apart until its optimizer step is taken or skipped.
+
+    Bounded sample (issue 28): the kept probabilities (images x labels, all ranks together) stay under
+    SAMPLE_ENTRIES. Past it, every other kept step is dropped and from then on only every 2nd (then 4th, ...)
+    step is kept: a sample spread evenly over the epoch, at least one step. A run under the bound (the demo,
+    14 labels up to ~1.2 M images an epoch) keeps every step, as before; the loss and `images` always count
+    every step, and a sampled line says how many images its metrics saw (`metric_images`). The bound is
+    counted from shapes alone: no host sync, and every rank (same batches, same skips) keeps the same steps."""
+
+    SAMPLE_ENTRIES = 1 << 24  # 64 MiB of float32 probabilities, as much again of targets
 
     def __init__(self, accelerator: Accelerator, track_finite: bool):
         self.accelerator, self.track_finite = accelerator, track_finite
-        self.kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.kept: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]] = []  # (ordinal, window)
         self.window: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.losses: list[torch.Tensor] = []  # of every step taken, sampled or not
+        self.steps = self.images = self.entries = 0  # steps taken, their images, entries kept (this rank)
+        self.stride = 1
         self.window_finite = torch.ones((), dtype=torch.bool, device=accelerator.device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=accelerator.device)
 
@@ -225,13 +243,26 @@ class EpochOutputs:
 
     def end_window(self, keep: bool) -> None:
         if keep:
-            self.kept += self.window
+            self.losses += [loss for *_, loss in self.window]
+            self.images += sum(len(target) for _, target, _ in self.window)
+            if self.steps % self.stride == 0:
+                self.kept.append((self.steps, self.window))
+                self.entries += sum(probs.numel() for probs, *_ in self.window)
+                while self.entries * self.accelerator.num_processes > self.SAMPLE_ENTRIES and len(self.kept) > 1:
+                    self.stride *= 2
+                    self.kept = [(i, window) for i, window in self.kept if i % self.stride == 0]
+                    self.entries = sum(probs.numel() for _, window in self.kept for probs, *_ in window)
+            self.steps += 1
         self.window = []
         self.window_finite = torch.ones_like(self.window_finite)
 
     def check_finite(self, run: Run, state: RunState) -> None:
-        """Every rank calls this together; all raise the same error."""
-        bad = self.accelerator.gather(self.first_bad.reshape(1))
+        """Every rank calls this together; all raise the same error. In the same gather, the loss-scale
+        overflows counted on the device since the last call join `state.skipped_steps` (every rank counts
+        the same: they share the reduced gradients)."""
+        found = self.accelerator.gather(torch.stack([self.first_bad, run.overflow.take()])[None])
+        state.skipped_steps += int(found[0, 1])
+        bad = found[:, 0]
         bad = bad[bad >= 0]
         if bad.numel():
             raise DivergedError(
@@ -242,13 +273,17 @@ class EpochOutputs:
     def metrics(self, num_labels: int) -> dict[str, float]:
         """Every rank trains the same number of full batches (drop_last), so a plain gather suffices.
         With nothing trained (a resume at the epoch's very end): NaN figures over 0 images."""
-        if not self.kept:
+        if not self.losses:
             return {**dict.fromkeys((*METRIC_KEYS, "loss"), float("nan")), "images": 0}
-        probs, targets, losses = (torch.cat(v) for v in zip(*self.kept))
-        probs, targets, losses = (self.accelerator.gather(v.float().contiguous()).cpu() for v in (probs, targets, losses))
+        kept = [outputs for _, window in self.kept for outputs in window]
+        probs, targets = (torch.cat(v) for v in list(zip(*kept))[:2])
+        probs, targets, losses = (self.accelerator.gather(v.float().contiguous()).cpu()
+                                  for v in (probs, targets, torch.cat(self.losses)))
         targets, known = split_known(targets.numpy())
         metrics = compute_metrics(targets, probs.numpy(), known=known)
-        metrics.update(loss=float(losses.mean()), images=len(targets))
+        metrics.update(loss=float(losses.mean()), images=self.images * self.accelerator.num_processes)
+        if self.stride > 1:
+            metrics["metric_images"] = len(targets)
         return metrics
 
 
