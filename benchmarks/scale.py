@@ -1,7 +1,10 @@
 """The label side at OpenImages size: synthetic label sets (no images), timed and measured section by section.
 
     python benchmarks/scale.py [--sizes 200000x10000 1000000x10000 9000000x10000] [--positives 8]
-                               [--no-issue-row] [--repeats 3] [--threads 1] [--json OUT]
+                               [--no-issue-row] [--repeats 3] [--threads 1] [--metrics 41620x10000] [--json OUT]
+
+`--sizes` with no size skips the label rows; `--metrics NxC` (default OpenImages' validation split, 41,620 x
+10,000) times every metric of an evaluation with a known mask (partial labels) and tuning: METRIC_SECTIONS.
 
 The image side of scale, the cache build rate on real JPEGs, is `benchmarks/cache_build.py`.
 
@@ -174,6 +177,64 @@ def pos_weight_section(ctx: dict) -> dict:
     return {"section": "pos_weight", **m, "note": f"max {float(weights.max()):,.0f}"}
 
 
+def metric_inputs_section(ctx: dict) -> dict:
+    """What an evaluation holds after its gather: float32 scores, the 0/1 truth and the known mask (every
+    positive and a random 10 % of the rest verified, as OpenImages' human-verified labels)."""
+    rng = np.random.default_rng(ctx["seed"])
+    with measured() as m:
+        labels = synthetic_labels(ctx["n"], ctx["c"], ctx["positives"], seed=ctx["seed"])
+        y = labels.dense(dtype=bool)
+        known = rng.random(y.shape, dtype=np.float32) < 0.1
+        known |= y
+        p = (rng.standard_normal(y.shape, dtype=np.float32) * 0.5 + y).clip(0, 1)
+        np.round(p, 4, out=p)  # ties, as float32 sigmoids of close logits give
+    ctx.update(y=y, known=known, p=p)
+    return {"section": "metric inputs: truth, known, float32 scores", **m,
+            "note": f"{(y.nbytes + known.nbytes + p.nbytes) / MIB:,.0f} MiB held"}
+
+
+def metrics_section(ctx: dict) -> dict:
+    """Every key of a tuned evaluation (`mlic.evaluation.split_metrics`: METRIC_KEYS, *_tuned, the held-out F1)."""
+    from mlic.metrics import label_stats, stats_metrics
+
+    with measured() as m:
+        stats = label_stats(ctx["y"], ctx["p"], 0.5, ctx["known"], tune=True)
+        blocks = stats.blocks()
+        for cols in blocks:
+            stats.add(cols)
+        metrics, thresholds = stats_metrics(stats)
+    ctx.update(ap=stats.ap, thresholds=thresholds)
+    peak = (_status_kib("VmHWM") or 0) / 1024
+    return {"section": "metrics: all keys, tuned, held-out", **m,
+            "note": f"{len(metrics)} keys, mAP {metrics['mAP']:.4f}, {len(blocks)} blocks of labels; process peak "
+                    f"{peak:,.0f} MiB (inputs included)"}
+
+
+def sklearn_check_section(ctx: dict, labels: int = 200) -> dict:
+    """AP and tuned threshold of the first `labels` labels with scikit-learn, label by label, over the known
+    entries: the largest difference from the figures above."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    y, p, known = ctx["y"], ctx["p"], ctx["known"]
+    ap_diff = thr_diff = 0.0
+    with measured() as m:
+        for c in range(min(labels, y.shape[1])):
+            rows = known[:, c]
+            y_c, p_c = y[rows, c].astype(np.int64), p[rows, c].astype(np.float64)
+            if not y_c.any():
+                continue
+            ap_diff = max(ap_diff, abs(average_precision_score(y_c, p_c) - ctx["ap"][c]))
+            precision, recall, cuts = precision_recall_curve(y_c, p_c)
+            f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)[:-1]
+            base = 2 * (y_c & (p_c >= 0.5)).sum() / (y_c.sum() + (p_c >= 0.5).sum())
+            want = cuts[int(np.argmax(f1))] if f1.max() > base + 1e-12 else 0.5
+            thr_diff = max(thr_diff, abs(want - ctx["thresholds"][c]))
+    return {"section": f"sklearn check: AP and tuned threshold of {labels} labels", **m,
+            "note": f"max |AP diff| {ap_diff:.1e}, max |threshold diff| {thr_diff:.1e}"}
+
+
+METRIC_SECTIONS: list[Callable[[dict], dict]] = [metric_inputs_section, metrics_section, sklearn_check_section]
+
 SECTIONS: list[Callable[[dict], dict]] = [
     labels_section, split_section, pos_weight_section, sampler_init_section, least_sampled_section, random_section,
     cycle_section,
@@ -209,13 +270,15 @@ def _markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["200000x10000", "1000000x10000", "9000000x10000"],
+    parser.add_argument("--sizes", nargs="*", default=["200000x10000", "1000000x10000", "9000000x10000"],
                         help="NxC or NxC:K (K positives per image)")
     parser.add_argument("--positives", type=float, default=8, help="positives per image where a size has no :K")
     parser.add_argument("--no-issue-row", action="store_true", help="skip the 200000x10000:4 row of the issue")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="epochs timed per policy (the median is shown)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the targets are for one core)")
+    parser.add_argument("--metrics", nargs="*", default=["41620x10000"],
+                        help="NxC rows of METRIC_SECTIONS (8.4 positives per image where no :K)")
     parser.add_argument("--json", type=Path, help="also write the rows and the setup here")
     args = parser.parse_args()
     import torch
@@ -224,11 +287,12 @@ def main() -> None:
     sizes = ([] if args.no_issue_row else ["200000x10000:4"]) + args.sizes
     load_before = os.getloadavg()
 
-    rows = [{"size": "-", "positives": 0, **numba_warmup({})}]
-    for text in sizes:
-        n, c, positives = _parse_size(text, args.positives)
+    rows = [{"size": "-", "positives": 0, **numba_warmup({})}] if sizes else []
+    runs = [(text, SECTIONS, args.positives) for text in sizes] + [(text, METRIC_SECTIONS, 8.4) for text in args.metrics]
+    for text, sections, default_positives in runs:
+        n, c, positives = _parse_size(text, default_positives)
         ctx = {"n": n, "c": c, "positives": positives, "seed": args.seed, "repeats": args.repeats}
-        for section in SECTIONS:
+        for section in sections:
             row = {"size": f"{n:,} x {c:,}", "positives": positives, **section(ctx)}
             rows.append(row)
             print(f"{row['size']} ({positives:g}/img) {row['section']}: {row['wall_s']:.2f} s", file=sys.stderr)

@@ -1,7 +1,9 @@
 """`mlic analyze RUN_DIR`: the report's figures for a finished run, as PNG and in TensorBoard.
 
 Figures 1-3 (data), per-label confusion matrices (Figure 7), misclassified validation images per label,
-false positives and false negatives apart (Figures 8-11), precision-recall curves, training curves."""
+false positives and false negatives apart (Figures 8-11), precision-recall curves, training curves.
+Above FIGURE_LABELS labels the per-label figures show the labels with the most errors only; their file names
+come from `figures.file_stems` (an OpenImages MID like /m/0000x is no path)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,21 @@ import yaml
 from sklearn.metrics import multilabel_confusion_matrix, precision_recall_curve
 
 from mlic.config import Config
-from mlic.figures import data_figures, plt, save_figures
+from mlic.figures import data_figures, file_stems, plt, save_figures
 from mlic.jsonl import read_jsonl
 from mlic.model_folder import read_meta
+
+# Above this many labels the per-label figures show the labels with the most errors only: one figure per
+# label for thousands of labels (OpenImages) would take hours to draw and weigh gigabytes. Tables list all.
+FIGURE_LABELS = 40
+
+
+def shown_labels(per_label: list[dict], limit: int = FIGURE_LABELS) -> list[int]:
+    """Label columns the per-label figures draw: all of them, or past `limit` the ones with most errors."""
+    if len(per_label) <= limit:
+        return list(range(len(per_label)))
+    errors = [r["confusion"][0][1] + r["confusion"][1][0] for r in per_label]  # sklearn's [[tn, fp], [fn, tp]]
+    return sorted(np.argsort(errors, kind="stable")[::-1][:limit].tolist())
 
 
 def confusion_figure(targets, probs, thresholds, names):
@@ -111,20 +125,21 @@ def analyze(run_dir: Path, data_root: str | None = None, examples: int = 8) -> l
     from mlic.inference import evaluate_model
 
     figures, cfg = run_data_figures(run_dir, data_root)
-    _, _, probs, targets, dataset, val_rows = evaluate_model(str(run_dir / "model"), cfg.data.root, "val")
+    _, per_label, probs, targets, dataset, val_rows = evaluate_model(str(run_dir / "model"), cfg.data.root, "val")
     meta = read_meta(run_dir / "model")
     thresholds = np.asarray(meta["thresholds"])
-    names = meta["label_names"]
-    figures["confusion_matrices"] = confusion_figure(targets, probs, thresholds, names)
-    figures["pr_curves"] = pr_figure(targets, probs, names)
+    shown = shown_labels(per_label)
+    names = [meta["label_names"][c] for c in shown]
+    figures["confusion_matrices"] = confusion_figure(targets[:, shown], probs[:, shown], thresholds[shown], names)
+    figures["pr_curves"] = pr_figure(targets[:, shown], probs[:, shown], names)
     figures["training_curves"] = curves_figure(read_jsonl(run_dir / "metrics.jsonl"))
     out, step = run_dir / "analysis", int(meta["epoch"])
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     try:
         paths = save_figures(figures, out, writer, step)
-        for c, name in enumerate(names):  # one label's figure open at a time, however many labels
+        for c, name, stem in zip(shown, names, file_stems(names, "errors_")):  # one figure open at a time
             figure = errors_figure(dataset, val_rows, targets, probs, thresholds[c], c, name, examples)
-            paths += save_figures({f"errors_{name}": figure}, out, writer, step)
+            paths += save_figures({stem: figure}, out, writer, step)
         return paths
     finally:
         writer.close()

@@ -1,6 +1,7 @@
 """Evaluation: the model's outputs over a loader, gathered once across ranks, and the epoch's metrics by
 split (the weights, and their average with an EMA), at the default and per-label tuned thresholds. A stop
-request is honoured between batches: `fit` then saves the trained epoch and the resume evaluates it."""
+request is honoured between batches and between blocks of labels of the metrics (a minute or more at
+OpenImages size): `fit` then saves the trained epoch and the resume evaluates it."""
 
 from __future__ import annotations
 
@@ -14,13 +15,7 @@ from accelerate.utils import DistributedType, broadcast
 from mlic import faults
 from mlic.build import Run, input_dtype
 from mlic.errors import DivergedError
-from mlic.metrics import (
-    compute_metrics,
-    heldout_tuned_f1_macro,
-    split_known,
-    tune_thresholds,
-    tuned_metrics,
-)
+from mlic.metrics import label_stats, split_known, stats_metrics
 from mlic.preemption import StopSignal
 
 
@@ -85,19 +80,30 @@ def evaluate(model, loader, transform, loss_fn, accelerator, tune: bool = False,
         raise DivergedError("the model's outputs on the validation split are not finite: its weights diverged in the "
                             "epoch's last steps. Lower optim.lr or set train.clip_grad_norm, and start again or resume "
                             "from an earlier checkpoint")
-    probs = torch.sigmoid(logits).numpy()
+    probs = torch.sigmoid(logits).numpy()  # float32: the metrics keep it so (half the memory of float64)
     y, known = split_known(targets.numpy())  # unknown entries (partial labels) count nowhere
+    del targets
     mask = None if known is None else torch.from_numpy(known).to(accelerator.device)
-    metrics = compute_metrics(y, probs, default, known=known)
-    metrics.update(images=len(index), images_per_s=len(index) / max(elapsed, 1e-9),
-                   loss=float(loss_fn(logits.to(accelerator.device), torch.from_numpy(y).float().to(accelerator.device),
-                                      mask)))
-    thresholds = np.full(y.shape[1], default)
-    if tune:
-        thresholds = tune_thresholds(y, probs, default, known=known)
-        metrics.update(tuned_metrics(y, probs, thresholds, known=known))
-        metrics["f1_macro_tuned_heldout"] = heldout_tuned_f1_macro(y, probs, default, known=known)
+    loss = float(loss_fn(logits.to(accelerator.device), torch.from_numpy(y).float().to(accelerator.device), mask))
+    del logits, mask
+    computed = split_metrics(y, probs, known, default, tune, stop, accelerator)
+    if computed is None:
+        return None
+    metrics, thresholds = computed
+    metrics.update(images=len(index), images_per_s=len(index) / max(elapsed, 1e-9), loss=loss)
     return metrics, thresholds
+
+
+def split_metrics(y, probs, known, default: float, tune: bool, stop: StopSignal | None, accelerator):
+    """(metrics, thresholds) of a whole split, one block of labels at a time; None when `stop` was requested
+    between two blocks. Every rank computes them from the same gathered outputs, so every rank has as many
+    blocks and checks at the same ones: all agree. One block (any run of < ~4 M entries) checks nothing."""
+    stats = label_stats(y, probs, default, known, tune=tune)
+    for i, cols in enumerate(stats.blocks()):
+        if i and stop is not None and stop.requested(accelerator):
+            return None
+        stats.add(cols)
+    return stats_metrics(stats)
 
 
 def evaluate_epoch(run: Run, train_metrics: dict[str, float],

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from mlic.labels import LabelMatrix  # noqa: E402
 
 NAMED_BARS = 60  # above this many labels the bars are unnamed (label ids on the axis)
+STEM_BYTES = 120  # of a label's part of a file name (UTF-8): with a prefix and a suffix, far below 255
 
 
 def bar_figure(values: Sequence[float], names: Sequence[str], title: str, ylabel: str):
@@ -22,8 +23,9 @@ def bar_figure(values: Sequence[float], names: Sequence[str], title: str, ylabel
     if len(names) <= NAMED_BARS:
         ax.bar(range(len(names)), values, color="#3b6ea8")
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    else:  # thousands of labels (OpenImages): one bar per label id, no names
-        ax.bar(range(len(names)), values, width=1.0, color="#3b6ea8")
+    else:  # thousands of labels (OpenImages): one filled step per label id, no names. One artist: 100,080
+        # bars (a Rectangle each) took minutes to draw
+        ax.stairs(np.asarray(values, dtype=np.float64), np.arange(len(names) + 1) - 0.5, fill=True, color="#3b6ea8")
         ax.set_xlabel("label id")
     ax.set_title(title)
     ax.set_ylabel(ylabel)
@@ -56,3 +58,22 @@ def save_figures(figures: dict, out_dir: Path, writer=None, step: int = 0) -> li
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def file_stems(names: Sequence[str], prefix: str = "") -> list[str]:
+    """One safe, unique file stem per label name: `prefix` + the name, where every character but letters,
+    digits (any script), '-', '_' and '.' becomes '_' (an OpenImages MID /m/0000x is m_0000x), no leading dot,
+    at most STEM_BYTES of UTF-8. A name changed that way, or equal to an earlier stem once case is ignored
+    (case-insensitive file systems), gets its label index too (`_c12`): two names never share a file."""
+    stems, taken = [], set()
+    for c, name in enumerate(names):
+        clean = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name)).lstrip(".")
+        clean = clean.encode("utf-8")[:STEM_BYTES].decode("utf-8", "ignore")
+        stem = prefix + clean
+        if not clean or clean != name or stem.casefold() in taken:
+            stem = f"{prefix}{clean}_c{c}"
+        while stem.casefold() in taken:  # a name that itself ends like a suffixed one
+            stem += f"_c{c}"
+        taken.add(stem.casefold())
+        stems.append(stem)
+    return stems

@@ -1,4 +1,8 @@
-"""Multi-label metrics with scikit-learn (report §5), and per-label decision thresholds.
+"""Multi-label metrics (report §5), scikit-learn's definitions, and per-label decision thresholds.
+
+At OpenImages size (41,620 images x 10,000 labels) sklearn's per-label loops are quadratic in the label
+count; the numbers come from `mlic.label_stats` instead, linear in N·C, one block of labels at a time, and
+equal to sklearn's (tests/test_metrics_scale.py). Scores stay float32 when they come as float32.
 
 Partial labels: every function that takes `y_true` also takes `known`, a mask of the entries whose label is
 known (dense bool or scipy CSR, the shape of `y_true`; None: all known). Unknown entries count nowhere:
@@ -12,15 +16,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 import torch
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    hamming_loss,
-    multilabel_confusion_matrix,
-    precision_recall_curve,
-    precision_recall_fscore_support,
-)
+from sklearn.metrics import precision_recall_curve
 
+from mlic.label_stats import TUNED, LabelStats, TopK, label_blocks
 from mlic.labels import LabelMatrix
 
 # The field's names (ML-GCN, ASL): C* per class then averaged, O* overall over every (image, label) entry.
@@ -44,23 +42,26 @@ def split_known(y) -> tuple[np.ndarray, np.ndarray | None]:
     if not np.issubdtype(y.dtype, np.floating):
         return y.astype(np.uint8), None
     unknown = np.isnan(y)
+    with np.errstate(invalid="ignore"):  # NaN has no uint8: those entries are set to 0 right after
+        out = y.astype(np.uint8)
     if not unknown.any():
-        return y.astype(np.uint8), None
-    return np.where(unknown, 0, y).astype(np.uint8), ~unknown
+        return out, None
+    out[unknown] = 0
+    return out, ~unknown
 
 
 def _truth(y_true, known) -> tuple[np.ndarray, np.ndarray | None]:
-    """(y_true as dense int64 0/1, known as a dense bool mask or None when every entry is known)."""
+    """(y_true as a dense bool array, known as a dense bool mask or None when every entry is known). A float
+    truth counts where its integer part is not 0 (0.7 is a negative), as an int cast reads it."""
     if isinstance(y_true, LabelMatrix) or scipy.sparse.issparse(y_true):
         m = LabelMatrix.of(y_true)
-        y, own = m.dense(dtype=np.int64), m.known_dense()
+        y, own = m.dense(dtype=bool), m.known_dense()
     else:
         y = np.asarray(y_true.cpu() if isinstance(y_true, torch.Tensor) else y_true)
-        if np.issubdtype(y.dtype, np.floating) and np.isnan(y).any():
-            y, own = split_known(y)
-        else:
-            own = None
-        y = y.astype(np.int64, copy=False)
+        own = None
+        if np.issubdtype(y.dtype, np.floating):
+            y, own = split_known(y) if np.isnan(y).any() else ((y >= 1) | (y <= -1), None)
+        y = y.astype(bool, copy=False)
     if known is None:
         return y, own
     if scipy.sparse.issparse(known):
@@ -72,24 +73,43 @@ def _truth(y_true, known) -> tuple[np.ndarray, np.ndarray | None]:
     return y, mask if own is None else mask & own
 
 
-def _binarize(y_prob: np.ndarray, threshold) -> np.ndarray:
-    return (y_prob >= np.asarray(threshold, dtype=np.float64)).astype(np.int64)
+def _scores(y_prob) -> np.ndarray:
+    """Scores as a dense float array: float32 stays float32 (the model's own precision), anything else float64."""
+    p = np.asarray(y_prob.detach().cpu() if isinstance(y_prob, torch.Tensor) else y_prob)
+    return p if p.dtype in (np.float32, np.float64) else p.astype(np.float64)
+
+
+def label_stats(y_true, y_prob, threshold=0.5, known=None, tune: bool = False) -> LabelStats:
+    """The statistics behind `compute_metrics` at `threshold`, and with `tune` behind `tune_thresholds`,
+    `tuned_metrics` and `heldout_tuned_f1_macro` (tuned from `threshold`) too, not filled yet: the caller
+    adds each of `stats.blocks()` (and may stop between them), then reads them with `stats_metrics`."""
+    y, known = _truth(y_true, known)
+    default = float(threshold) if tune else 0.5  # tuning starts from one threshold for all labels
+    return LabelStats(y, _scores(y_prob), known, {"": threshold}, default=default, tune=tune, heldout=tune,
+                      top_k=TOP_K)
+
+
+def stats_metrics(stats: LabelStats) -> tuple[dict[str, float], np.ndarray]:
+    """(METRIC_KEYS, plus `*_tuned` and `f1_macro_tuned_heldout` when tuned; the tuned thresholds, or the
+    default ones) of filled `label_stats`."""
+    metrics = _metrics_of(stats, "")
+    if TUNED not in stats.thresholds:
+        return metrics, np.array(stats.thresholds[""])
+    metrics.update({f"{k}_tuned": v for k, v in _metrics_of(stats, TUNED).items() if k not in THRESHOLD_FREE})
+    if stats.heldout is not None:
+        metrics["f1_macro_tuned_heldout"] = _prf(stats.heldout, "macro")[2]
+    return metrics, np.array(stats.thresholds[TUNED])
 
 
 def mean_average_precision(y_true, y_prob, known=None) -> float:
     """Macro AP over the labels that have at least one (known) positive (AP is undefined without one)."""
-    return _mean_average_precision(*_truth(y_true, known), y_prob)
+    y, known = _truth(y_true, known)
+    return _mean_ap(LabelStats(y, _scores(y_prob), known, {}).filled().ap)
 
 
-def _mean_average_precision(y_true: np.ndarray, known: np.ndarray | None, y_prob) -> float:
-    if known is not None:
-        ap = _label_ap(y_true, np.asarray(y_prob, dtype=np.float64), known)
-        ap = ap[~np.isnan(ap)]  # labels without a known positive are left out
-        return float(ap.mean()) if len(ap) else float("nan")
-    has_positive = y_true.sum(0) > 0
-    if not has_positive.any():
-        return float("nan")
-    return float(average_precision_score(y_true[:, has_positive], y_prob[:, has_positive], average="macro"))
+def _mean_ap(ap: np.ndarray) -> float:
+    ap = ap[~np.isnan(ap)]  # labels without a (known) positive are left out
+    return float(ap.mean()) if len(ap) else float("nan")
 
 
 def compute_metrics(y_true, y_prob, threshold=0.5, known=None) -> dict[str, float]:
@@ -97,26 +117,22 @@ def compute_metrics(y_true, y_prob, threshold=0.5, known=None) -> dict[str, floa
     (1 - Hamming loss), as in the report; `subset_accuracy` needs every label of an image right; the
     field's CP ... OF1, at the threshold and by the top-3 protocol. `threshold`: a float or one per label.
     `known`: the known entries (see the module doc); None: all."""
-    y_true, known = _truth(y_true, known)
-    y_prob = np.asarray(y_prob, dtype=np.float64)
-    y_pred = _binarize(y_prob, threshold)
-    if known is None:
-        out = {
-            "accuracy": 1.0 - float(hamming_loss(y_true, y_pred)),
-            "subset_accuracy": float(accuracy_score(y_true, y_pred)),
-        }
-    else:
-        right = (y_true == y_pred) | ~known
-        any_known = known.any(1)  # an image with no known entry is left out of subset_accuracy
-        out = {"accuracy": _ratio(int((right & known).sum()), int(known.sum())),
-               "subset_accuracy": _ratio(int(right.all(1)[any_known].sum()), int(any_known.sum()))}
+    return stats_metrics(label_stats(y_true, y_prob, threshold, known).filled())[0]
+
+
+def _metrics_of(stats: LabelStats, name: str) -> dict[str, float]:
+    counts = stats.counts[name]
+    out = {"accuracy": _ratio(counts.right, counts.entries),
+           "subset_accuracy": _ratio(int(np.count_nonzero(counts.rows_known & ~counts.rows_wrong)),
+                                     int(np.count_nonzero(counts.rows_known)))}
     for average in ("micro", "macro"):
-        p, r, f, _ = _prf(y_true, y_pred, average, known)
-        out.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
-    out["mAP"] = _mean_average_precision(y_true, known, y_prob)
-    out.update(_field_metrics(y_true, known, y_pred))
-    top = _field_metrics(y_true, known, top_k_predictions(y_prob, threshold, TOP_K, known))
-    out.update({f"{k}_top{TOP_K}": v for k, v in top.items()})
+        p, r, f = _prf(counts, average)
+        out.update({f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f})
+    if stats.ap is not None:
+        out["mAP"] = _mean_ap(stats.ap)
+    out.update(_field(counts.tp, counts.pred, counts.true))
+    tp, pred = stats.top.counts(stats.y, stats.p, stats.thresholds[name], stats.shape[1])
+    out.update({f"{k}_top{TOP_K}": v for k, v in _field(tp, pred, counts.true).items()})
     return out
 
 
@@ -128,14 +144,16 @@ def field_metrics(y_true, y_pred, known=None) -> dict[str, float]:
     every (image, label) entry together: sklearn's micro averages. A label never predicted has
     precision 0, one without positives recall 0 (sklearn's zero_division=0; ML-GCN's code gives NaN there).
     """
-    return _field_metrics(*_truth(y_true, known), np.asarray(y_pred))
+    y, known = _truth(y_true, known)
+    pred = (np.asarray(y_pred) != 0).astype(np.float32)
+    counts = LabelStats(y, pred, known, {"": 0.5}, ap=False).filled().counts[""]
+    return _field(counts.tp, counts.pred, counts.true)
 
 
-def _field_metrics(y_true: np.ndarray, known: np.ndarray | None, y_pred: np.ndarray) -> dict[str, float]:
-    cp, cr, _, _ = _prf(y_true, y_pred, "macro", known)
-    op, o_r, of1, _ = _prf(y_true, y_pred, "micro", known)
-    return {"CP": float(cp), "CR": float(cr), "CF1": _harmonic_mean(cp, cr),
-            "OP": float(op), "OR": float(o_r), "OF1": float(of1)}
+def _field(tp, pred, true) -> dict[str, float]:
+    cp, cr, _ = _prf_of(tp, pred, true, "macro")
+    op, o_r, of1 = _prf_of(tp, pred, true, "micro")
+    return {"CP": cp, "CR": cr, "CF1": _harmonic_mean(cp, cr), "OP": op, "OR": o_r, "OF1": of1}
 
 
 def top_k_predictions(y_prob: np.ndarray, threshold, k: int = TOP_K, known=None) -> np.ndarray:
@@ -143,14 +161,17 @@ def top_k_predictions(y_prob: np.ndarray, threshold, k: int = TOP_K, known=None)
     when it is among an image's k highest scores AND its score reaches the threshold (ML-GCN tests logit >= 0,
     i.e. probability >= 0.5). With fewer than k labels, all are candidates. Ties go to the lower label index.
     With `known` (dense bool), the k highest among the image's known labels: an unknown label takes no slot
-    and is never predicted."""
-    scores = y_prob if known is None else np.where(known, y_prob, -np.inf)
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    in_top = np.zeros(np.shape(y_prob), dtype=bool)
-    np.put_along_axis(in_top, top, True, axis=1)
-    if known is not None:
-        in_top &= np.asarray(known, dtype=bool)
-    return (in_top & (_binarize(y_prob, threshold) == 1)).astype(np.int64)
+    and is never predicted. Dense (N, C): for tests and small data (the metrics count the candidates alone)."""
+    p = _scores(y_prob)
+    known = None if known is None else np.asarray(known, dtype=bool)
+    top = TopK(p.shape[0], k)
+    for cols in label_blocks(*p.shape):
+        top.add(cols, p[:, cols], None if known is None else known[:, cols])
+    rows, slots = np.nonzero(top.values > -np.inf)
+    labels = top.labels[rows, slots]
+    out = np.zeros(p.shape, dtype=np.int64)
+    out[rows, labels] = p[rows, labels] >= np.broadcast_to(np.asarray(threshold, dtype=np.float64), p.shape[1:])[labels]
+    return out
 
 
 def voc11_average_precision(y_true_col, y_score_col) -> float:
@@ -172,113 +193,56 @@ def voc11_average_precision(y_true_col, y_score_col) -> float:
 
 def per_label_metrics(y_true, y_prob, label_names, threshold=0.5, known=None) -> list[dict]:
     """Precision, recall, F1, AP, support and the 2x2 confusion matrix of each label (over its known entries)."""
-    y_true, known = _truth(y_true, known)
-    y_prob = np.asarray(y_prob, dtype=np.float64)
-    y_pred = _binarize(y_prob, threshold)
-    p, r, f, support = _prf(y_true, y_pred, None, known)
-    if known is None:
-        confusion = multilabel_confusion_matrix(y_true, y_pred)
-        ap = [float(average_precision_score(y_true[:, c], y_prob[:, c])) if y_true[:, c].any() else float("nan")
-              for c in range(y_true.shape[1])]
-    else:
-        confusion, ap = _masked_confusion(y_true, y_pred, known), _label_ap(y_true, y_prob, known)
-    rows = []
-    for c, name in enumerate(label_names):
-        rows.append({
-            "label": name, "precision": float(p[c]), "recall": float(r[c]), "f1": float(f[c]), "AP": float(ap[c]),
-            "support": int(support[c]), "confusion": confusion[c].tolist(),
-        })
-    return rows
+    stats = label_stats(y_true, y_prob, threshold, known).filled()
+    c = stats.counts[""]
+    precision, recall, f1 = _divide(c.tp, c.pred), _divide(c.tp, c.true), _divide(2 * c.tp, c.true + c.pred)
+    fp, fn = c.pred - c.tp, c.true - c.tp
+    tn = c.known - c.tp - fp - fn
+    return [{"label": name, "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+             "AP": float(stats.ap[i]), "support": int(c.true[i]),
+             "confusion": [[int(tn[i]), int(fp[i])], [int(fn[i]), int(c.tp[i])]]}  # sklearn's layout
+            for i, name in enumerate(label_names)]
 
 
 def tune_thresholds(y_true, y_prob, default: float = 0.5, known=None) -> np.ndarray:
     """Per-label thresholds that maximise each label's F1 on (y_true, y_prob) (on its known entries).
 
     A label's threshold stays at `default` unless another one gives a strictly higher F1 there, so
-    tuned macro-F1 on the tuning data is never below macro-F1 at `default`.
+    tuned macro-F1 on the tuning data is never below macro-F1 at `default`. Among equal F1s, the lowest
+    threshold (sklearn's precision_recall_curve, first argmax).
     """
-    y_true, known = _truth(y_true, known)
-    y_prob = np.asarray(y_prob, dtype=np.float64)
-    thresholds = np.full(y_true.shape[1], default, dtype=np.float64)
-    for c in range(y_true.shape[1]):
-        rows = slice(None) if known is None else known[:, c]
-        y_c, p_c = y_true[rows, c], y_prob[rows, c]
-        if not y_c.any():
-            continue
-        precision, recall, cuts = precision_recall_curve(y_c, p_c)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)[:-1]
-        base = _f1(y_c, p_c >= default)
-        best = int(np.argmax(f1))
-        if f1[best] > base + 1e-12:
-            thresholds[c] = float(cuts[best])
-    return thresholds
+    y, known = _truth(y_true, known)
+    stats = LabelStats(y, _scores(y_prob), known, {}, default=default, ap=False, tune=True).filled()
+    return np.array(stats.thresholds[TUNED])
 
 
 def tuned_metrics(y_true, y_prob, thresholds, known=None) -> dict[str, float]:
     """`<metric>_tuned`: the metrics that depend on thresholds, at per-label `thresholds` (not THRESHOLD_FREE)."""
-    metrics = compute_metrics(y_true, y_prob, thresholds, known)
-    return {f"{k}_tuned": v for k, v in metrics.items() if k not in THRESHOLD_FREE}
+    y, known = _truth(y_true, known)
+    stats = LabelStats(y, _scores(y_prob), known, {TUNED: thresholds}, ap=False, top_k=TOP_K).filled()
+    return {f"{k}_tuned": v for k, v in _metrics_of(stats, TUNED).items() if k not in THRESHOLD_FREE}
 
 
 def heldout_tuned_f1_macro(y_true, y_prob, default: float = 0.5, known=None) -> float:
     """Macro-F1 of per-label thresholds on data they were NOT tuned on: the images are split in two
     halves (alternating), each half is thresholded with the other half's tuned thresholds. An honest
     estimate of what tuning gains on a test set, where `*_tuned` (tuned and scored on one split) is not."""
-    y_true, known = _truth(y_true, known)
-    y_prob = np.asarray(y_prob, dtype=np.float64)
-    halves = [np.arange(0, len(y_true), 2), np.arange(1, len(y_true), 2)]
-    pred = np.zeros_like(y_true)
-    for tune_on, apply_to in (halves, halves[::-1]):
-        part_known = None if known is None else known[tune_on]
-        thresholds = tune_thresholds(y_true[tune_on], y_prob[tune_on], default, part_known)
-        pred[apply_to] = y_prob[apply_to] >= thresholds
-    return float(_prf(y_true, pred, "macro", known)[2])
+    y, known = _truth(y_true, known)
+    stats = LabelStats(y, _scores(y_prob), known, {}, default=default, ap=False, heldout=True).filled()
+    return _prf(stats.heldout, "macro")[2]
 
 
-def _prf(y_true: np.ndarray, y_pred: np.ndarray, average: str | None, known: np.ndarray | None = None):
-    """scikit-learn's precision, recall, F1 and support over the labels (columns). One column is read as
-    a binary target there, averaged over its classes 0 and 1: score the positives alone instead.
-    With `known`, the same numbers (sklearn's formulas, zero_division=0) over the known entries only."""
-    if known is not None:
-        return _masked_prf(y_true, y_pred, average, known)
-    if y_true.shape[1] == 1:
-        return precision_recall_fscore_support(y_true[:, 0], y_pred[:, 0], labels=[1], average=average,
-                                               zero_division=0)
-    return precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
+def _prf(counts, average: str) -> tuple[float, float, float]:
+    return _prf_of(counts.tp, counts.pred, counts.true, average)
 
 
-def _masked_counts(y_true, y_pred, known):
-    """Per label over the known entries: true positives, predicted positives, actual positives (int64)."""
-    truth, pred = (y_true != 0) & known, (y_pred != 0) & known
-    return (truth & pred).sum(0, dtype=np.int64), pred.sum(0, dtype=np.int64), truth.sum(0, dtype=np.int64)
-
-
-def _masked_prf(y_true, y_pred, average, known):
-    tp, pred_sum, true_sum = _masked_counts(y_true, y_pred, known)
+def _prf_of(tp, pred, true, average: str) -> tuple[float, float, float]:
+    """scikit-learn's precision, recall and F1 (zero_division=0) over the labels from per-label counts:
+    micro sums the counts first, macro averages each label's figure. F1 = 2 TP / (2 TP + FP + FN)."""
     if average == "micro":
-        tp, pred_sum, true_sum = tp.sum(keepdims=True), pred_sum.sum(keepdims=True), true_sum.sum(keepdims=True)
-    precision, recall = _divide(tp, pred_sum), _divide(tp, true_sum)
-    f1 = _divide(2 * tp, true_sum + pred_sum)  # sklearn's F1: 2 TP / (2 TP + FP + FN)
-    if average is None:
-        return precision, recall, f1, true_sum
-    return float(np.mean(precision)), float(np.mean(recall)), float(np.mean(f1)), None
-
-
-def _masked_confusion(y_true, y_pred, known) -> np.ndarray:
-    """(C, 2, 2) [[TN, FP], [FN, TP]] per label over its known entries (sklearn's multilabel layout)."""
-    tp, pred_sum, true_sum = _masked_counts(y_true, y_pred, known)
-    fp, fn = pred_sum - tp, true_sum - tp
-    tn = known.sum(0, dtype=np.int64) - tp - fp - fn
-    return np.stack([np.stack([tn, fp], 1), np.stack([fn, tp], 1)], 1)
-
-
-def _label_ap(y_true, y_prob, known) -> np.ndarray:
-    """sklearn's AP of each label on the images where that label is known; NaN without a known positive."""
-    ap = np.full(y_true.shape[1], np.nan)
-    for c in np.flatnonzero(((y_true != 0) & known).any(0)):
-        rows = known[:, c]
-        ap[c] = average_precision_score(y_true[rows, c], y_prob[rows, c])
-    return ap
+        tp, pred, true = tp.sum(keepdims=True), pred.sum(keepdims=True), true.sum(keepdims=True)
+    precision, recall, f1 = _divide(tp, pred), _divide(tp, true), _divide(2 * tp, true + pred)
+    return float(np.mean(precision)), float(np.mean(recall)), float(np.mean(f1))
 
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -292,9 +256,3 @@ def _ratio(numerator: int, denominator: int) -> float:
 
 def _harmonic_mean(a: float, b: float) -> float:
     return float(2 * a * b / (a + b)) if a + b > 0 else 0.0
-
-
-def _f1(y: np.ndarray, pred: np.ndarray) -> float:
-    tp = float((y & pred).sum())
-    denom = float(y.sum() + pred.sum())
-    return 2 * tp / denom if denom else 0.0

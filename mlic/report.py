@@ -17,7 +17,14 @@ import numpy as np
 import yaml
 from matplotlib.ticker import MaxNLocator
 
-from mlic.analyze import confusion_figure, errors_figure, pr_figure, run_data_figures
+from mlic.analyze import (
+    FIGURE_LABELS,
+    confusion_figure,
+    errors_figure,
+    pr_figure,
+    run_data_figures,
+    shown_labels,
+)
 from mlic.figures import plt
 from mlic.jsonl import read_jsonl
 from mlic.model_folder import read_meta
@@ -28,9 +35,6 @@ DATA_FIGURES = {
     "sampled_label_distribution": "Figure 2: label distribution in one epoch of the training sampler",
     "class_weights": "Figure 3: class weights of the weighted loss",
 }
-# Above this many labels the per-label figures show the labels with the most errors only: one figure per
-# label for thousands of labels (OpenImages) would take hours to draw and weigh gigabytes. The table lists all.
-FIGURE_LABELS = 40
 ERROR_EXAMPLES = 8
 CURVE_KEYS = ("loss", "f1_macro", "mAP")
 SUMMARY_KEYS = ("images", "accuracy", "subset_accuracy", "precision_micro", "recall_micro", "f1_micro",
@@ -65,7 +69,7 @@ def write_report(run_dir: Path, data_root: str | None = None) -> Path:
     meta = read_meta(run_dir / "model")
     summary, per_label, probs, targets, dataset, rows = evaluate_model(str(run_dir / "model"), data_root, "val")
     thresholds = np.asarray(meta["thresholds"], dtype=np.float64)
-    shown = shown_labels(per_label)
+    shown = shown_labels(per_label, FIGURE_LABELS)
     names = [meta["label_names"][c] for c in shown]
     sections = [
         ("config", "Resolved config", config_html(doc)),
@@ -85,14 +89,6 @@ def write_report(run_dir: Path, data_root: str | None = None) -> Path:
     out = run_dir / "report.html"
     out.write_text(page(f"mlic report: {run_dir.resolve().name}", run_dir, meta, sections), encoding="utf-8")
     return out
-
-
-def shown_labels(per_label: list[dict], limit: int = FIGURE_LABELS) -> list[int]:
-    """Label columns the per-label figures draw: all of them, or past `limit` the ones with most errors."""
-    if len(per_label) <= limit:
-        return list(range(len(per_label)))
-    errors = [r["confusion"][0][1] + r["confusion"][1][0] for r in per_label]  # sklearn's [[tn, fp], [fn, tp]]
-    return sorted(np.argsort(errors, kind="stable")[::-1][:limit].tolist())
 
 
 def _subset_note(shown: int, total: int) -> str:

@@ -250,3 +250,24 @@ def test_coco_names_one_file_twice_or_one_outside_root(tmp_path):
         (f"{ann}: images[1]: sub/../a.jpg is the file of images[0] too", False, None),
         (f"{ann}: 1 image(s) outside {root}: out.jpg (images[2])", True, None),
         (f"{root}/train2017/gone.jpg: cannot read image: a broken symbolic link (to nowhere.jpg)", False, 3)]
+
+
+def test_a_split_that_holds_out_nothing_is_one_line(tmp_path, monkeypatch, capsys):
+    """Iterative stratification over many rare labels can hold out no image at all: refused at build, not a
+    torch.cat() error at the first evaluation."""
+    root = tmp_path / "rare"
+    (root / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    positives: dict[int, list[int]] = {}
+    for label in range(1200):
+        for image in rng.choice(150, 2, replace=False):
+            positives.setdefault(int(image), []).append(label)
+    for image in range(150):
+        Image.new("RGB", (8, 8), (image, 0, 0)).save(root / "img" / f"{image}.png")
+    (root / "labels.csv").write_text("path,labels\n" + "".join(
+        f"img/{i}.png,{'|'.join(f'l{k}' for k in positives.get(i, []))}\n" for i in range(150)))
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "cnn", "--config", str(REPO / "configs" / "demo.yaml"), "--dry-run", "data.format=csv",
+                 f"data.root={root}", "data.num_workers=0", "run.trackers=[]", "run.output_dir=run"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and "no validation image" in errors[0], errors

@@ -102,6 +102,11 @@ def load_split(cfg) -> Split:
         val_dataset, val_rows = load_dataset(val_cfg, workers=workers)
         train_idx, val_idx = rows, len(dataset) + val_rows
         dataset = with_val_split(dataset, val_dataset)
+    if not len(val_idx):  # a stratified split can hold out nothing when every label is rare
+        where = f"data.val_split={cfg.data.val_split!r}" if cfg.data.val_split else \
+            f"holding out data.val_fraction={cfg.data.val_fraction} of {len(rows)} images"
+        raise DataError(f"{dataset.source}: no validation image ({where}); raise data.val_fraction, add images or "
+                        "set data.val_split")
     if cfg.data.unknown_as == "negative" and dataset.labels.partial:
         dataset = dataclasses.replace(dataset, labels=dataset.labels.unknown_as_negative())
     return Split(dataset, train_idx, val_idx)
