@@ -332,7 +332,10 @@ def checkpoint_bytes(run: Run) -> int:
 
 
 def end_training(run: Run) -> None:
-    """Close the trackers: TensorBoard's writer thread reports a full disk only now."""
+    """Close the trackers (TensorBoard's writer thread reports a full disk only now) and the process group.
+    Every rank reaches this point first: a rank that tore gloo down while another still closed its pairs
+    aborted once at exit (`terminate called without an active exception`, a resumed 2-node Slurm job)."""
+    run.accelerator.wait_for_everyone()
     with writing("TensorBoard events", run.out, point="tensorboard-close"):
         run.accelerator.end_training()
 
