@@ -94,7 +94,7 @@ class Items:
 Rule = Range | Text | Items
 
 
-def value_problems(key: str, value: Any, hint: Any, rule: Rule | None) -> list[str]:
+def value_problems(key: str, value: Any, rule: Rule | None) -> list[str]:
     """The problems of one value: every float finite, no NUL in any text (no file can be named so), then the
     key's declared rule."""
     if value is None:
@@ -118,11 +118,10 @@ def shown(value: Any) -> str:
 
 
 def section_problems(section: Any, prefix: str) -> list[str]:
-    hints = typing.get_type_hints(type(section))
     rules: dict[str, Rule] = getattr(section, "RANGES", {})
     problems = []
     for f in dataclasses.fields(section):
-        problems += value_problems(f"{prefix}{f.name}", getattr(section, f.name), hints[f.name], rules.get(f.name))
+        problems += value_problems(f"{prefix}{f.name}", getattr(section, f.name), rules.get(f.name))
     if not problems and hasattr(section, "combinations"):  # combinations assume each value in range
         problems += section.combinations()
     return problems
