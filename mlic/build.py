@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+)
 
 from mlic.backbones import layer_ids
 from mlic.config import Config
@@ -45,6 +52,7 @@ class Run:
     cast: torch.dtype | None  # input dtype under DeepSpeed half precision
     steps_per_epoch: int  # optimizer steps of an epoch on each rank (train.max_steps_per_epoch applied)
     overflow: OverflowGuard | None = None  # fp16 loss-scale overflows; its count in a row spans epochs
+    compiling: bool = False  # train.compile on and no step taken yet: the first step's time is said once
     ema: WeightEma | None = None  # train.ema_decay: the average of the weights, evaluated beside them
     tracking: Any = None  # mlic.trackers.Publisher, set when the run folder starts
 
@@ -100,11 +108,55 @@ def preflight(cfg: Config) -> Accelerator:
         check_world_size(accelerator)
         check_accumulation(cfg, accelerator)
         check_ema(cfg, accelerator)
+        check_compile_owner()
         check_pickle_trust(accelerator, Path(cfg.run.output_dir) / "checkpoints", cfg.train.trust_checkpoint_pickles)
     except ConfigError as exc:
         exc.same_on_every_rank = True
         raise
     return accelerator
+
+
+def check_compile_owner() -> None:
+    """accelerate compiles a model itself when the launch config has a `dynamo_config` (wrapping it as
+    `_orig_mod`, which checkpoints and exports would then carry): mlic compiles it with `train.compile`."""
+    backend = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "no")
+    if backend.lower() != "no":
+        raise ConfigError(f"the launch config asks accelerate to compile the model (dynamo_backend: {backend}); mlic "
+                          "compiles it itself: remove dynamo_config from the launch config (or pass --dynamo_backend no) "
+                          "and set train.compile=true, train.compile_mode and train.compile_backend instead")
+
+
+def compiles(cfg: Config, accelerator: Accelerator) -> bool:
+    """`train.compile` resolved: "auto" compiles when the run trains on a CUDA device."""
+    return accelerator.device.type == "cuda" if cfg.train.compile == "auto" else cfg.train.compile
+
+
+def compile_model(cfg: Config, accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Compile the prepared model in place (`nn.Module.compile`): under DDP the wrapper itself, so TorchDynamo
+    splits the graph at DDP's gradient buckets (its DDPOptimizer) and the all-reduce still overlaps the backward
+    pass; under DeepSpeed the engine compiles its module. Nothing is wrapped: the state_dict keys that
+    checkpoints, the EMA and the exported model hold stay the module's own (no `_orig_mod.`). TorchDynamo
+    traces on the first forward pass; the engine says how long the first step took."""
+    quiet_known_compile_notes()
+    t = cfg.train
+    mode = {"mode": t.compile_mode} if t.compile_backend == "inductor" and t.compile_mode != "default" else {}
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        model.compile(backend=t.compile_backend, compile_kwargs=mode)
+    else:
+        model.compile(backend=t.compile_backend, **mode)
+
+
+class _KnownNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Profiler record function" not in record.getMessage()
+
+
+def quiet_known_compile_notes() -> None:
+    """Two notes TorchDynamo prints on every process when it traces DDP's forward: DDP's buffer broadcast and
+    its profiler label run eagerly around the compiled graph, exactly as in an eager run."""
+    warnings.filterwarnings("ignore", message=r"Dynamo does not know how to trace the builtin `torch\._C\._distributed_c10d"
+                            r"\..*_broadcast_coalesced")
+    logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_KnownNote())
 
 
 def check_model_inputs(cfg: Config, model: torch.nn.Module, size: int) -> None:
@@ -129,8 +181,14 @@ def make_accelerator(cfg: Config) -> Accelerator:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         if deepspeed:  # DeepSpeed would ask for NCCL; gloo is the CPU backend
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    else:
+        # The cache's images are fixed squares (data.image_size): cuDNN's per-shape autotuning pays from the
+        # second step on (the ragged last evaluation batch tunes once more).
+        torch.backends.cudnn.benchmark = True
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
+        # pinned batches (mlic.data.pipeline) copied without waiting: the step queues behind its copy on the GPU
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
         # run.trackers=[]: None, or accelerate warns that no tracker is installed
         log_with=make_trackers(cfg, resumable=latest_checkpoint(Path(cfg.run.output_dir) / "checkpoints") is not None) or None,
         project_config=ProjectConfiguration(project_dir=cfg.run.output_dir, logging_dir=cfg.run.output_dir),
@@ -223,11 +281,12 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     optimizer = build_optimizer(cfg, model, accelerator.distributed_type == DistributedType.DEEPSPEED)
     # accelerate deals each rank the same number of whole batches (the loader drops the last partial one)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch(cfg, len(data.train_loader) // accelerator.num_processes))
-    if cfg.train.compile:
-        model = torch.compile(model)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, data.train_loader, data.val_loader, scheduler
     )
+    compiling = compiles(cfg, accelerator)
+    if compiling:
+        compile_model(cfg, accelerator, model)
     data.train_transform.to(accelerator.device)
     data.eval_transform.to(accelerator.device)
     identity = {"model": cfg.model.name, "label_names": dataset.label_names}
@@ -243,7 +302,8 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
         identity["ema"] = True  # a checkpoint with the average resumes only into a run with one, and back
     return Run(cfg, accelerator, Path(cfg.run.output_dir), data, model, optimizer, scheduler,
                loss_fn.to(accelerator.device), train_loader, val_loader, preprocess, identity,
-               input_dtype(accelerator), steps_per_epoch(cfg, len(train_loader)), OverflowGuard(accelerator), ema)
+               input_dtype(accelerator), steps_per_epoch(cfg, len(train_loader)), OverflowGuard(accelerator),
+               compiling, ema)
 
 
 def dry_run(cfg: Config) -> dict[str, Any]:

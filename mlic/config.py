@@ -196,7 +196,11 @@ class TrainConfig:
     grad_accum: int = 1
     clip_grad_norm: float | None = None
     log_every: int = 50  # steps between loss logs (the only host sync in the loop)
-    compile: bool = False
+    # torch.compile: "auto" compiles under CUDA only (on the CPU the first steps' compilation rarely pays).
+    # The prepared model (DDP's wrapper included) is compiled in place: checkpoints and exports keep its keys.
+    compile: bool | Literal["auto"] = "auto"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"  # aot_eager / eager: to debug a compile
     select_metric: str = "val/f1_macro"
     save_every_steps: int | None = None
     keep_checkpoints: int = 2  # at least 2: a damaged newest checkpoint falls back to the one before

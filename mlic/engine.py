@@ -46,7 +46,7 @@ from mlic.run_log import log_epoch, log_step, publish, start_run_folder, start_t
 from mlic.run_state import RunState, latest_checkpoint
 from mlic.seeding import mix_seed
 from mlic.selection import chosen_split
-from mlic.stepping import epoch_micro_steps, loss_weight
+from mlic.stepping import LoaderWait, epoch_micro_steps, loss_weight, said_compile_time
 
 __all__ = ["build_optimizer", "build_scheduler", "evaluate", "fit", "predict_logits", "train_one_epoch"]
 
@@ -103,8 +103,8 @@ def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> EpochResult:
     run.model.train()
     done = state.step_in_epoch * cfg.grad_accum  # batches (per rank) of this epoch already trained on
     outputs = EpochOutputs(acc, track_finite=not cfg.skip_nonfinite)
-    start, micro_steps = time.perf_counter(), epoch_micro_steps(run)
-    for micro_step, (images, target, _) in enumerate(_epoch_batches(run, state, done), start=done):
+    start, micro_steps, wait = time.perf_counter(), epoch_micro_steps(run), LoaderWait()
+    for micro_step, (images, target, _) in enumerate(_epoch_batches(run, state, done, wait), start=done):
         generator = seed_step(acc.device, cfg.seed, state.epoch, micro_step, acc.process_index)
         with acc.accumulate(run.model):
             weight = loss_weight(micro_step, micro_steps, cfg.grad_accum)  # a last, partial window: its mean
@@ -113,6 +113,8 @@ def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> EpochResult:
             skipped = optimizer_step(run, outputs, state.global_step + 1)
         if not acc.sync_gradients:
             continue
+        if run.compiling:  # its time is mostly TorchDynamo's and the backend's
+            said_compile_time(run, time.perf_counter() - start)
         outputs.end_window(keep=not skipped)  # a skipped step's outputs stay out of the metrics
         state.skipped_steps += skipped
         if run.ema is not None and not skipped:
@@ -139,7 +141,7 @@ def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> EpochResult:
         run.scheduler.step()
     metrics = outputs.metrics(run.data.dataset.num_labels)
     metrics.update(skipped_steps=state.skipped_steps, skipped_images=run.data.skipped_images,
-                   images_per_s=metrics["images"] / max(elapsed, 1e-9))
+                   images_per_s=metrics["images"] / max(elapsed, 1e-9), data_wait=wait.seconds / max(elapsed, 1e-9))
     return EpochResult(metrics, stopped=False)
 
 
@@ -183,7 +185,7 @@ def optimizer_step(run: Run, outputs: EpochOutputs, step: int) -> bool:
     return skipped
 
 
-def _epoch_batches(run: Run, state: RunState, done: int):
+def _epoch_batches(run: Run, state: RunState, done: int, wait: LoaderWait):
     """The epoch's batches for this rank, after the `done` ones a resumed run already trained on."""
     loader = run.train_loader
     loader.set_epoch(state.epoch)
@@ -192,7 +194,7 @@ def _epoch_batches(run: Run, state: RunState, done: int):
         loader.set_epoch(state.epoch)  # a new loader counts epochs from 0: the sampler must see this one
     left = max(0, epoch_micro_steps(run) - done)
     show = run.accelerator.is_main_process and run.cfg.run.progress
-    return tqdm(itertools.islice(loader, left), desc=f"epoch {state.epoch} train", total=left, leave=False,
+    return tqdm(wait.timed(itertools.islice(loader, left)), desc=f"epoch {state.epoch} train", total=left, leave=False,
                 disable=None if show else True)  # disable=None: no bar when stderr is not a terminal
 
 

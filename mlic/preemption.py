@@ -41,8 +41,11 @@ class StopSignal:
         return self.received is not None or bool(self.stop_file and os.path.exists(self.stop_file))
 
     def requested(self, accelerator) -> bool:
-        """True on every rank as soon as any rank was asked to stop (a collective: call it on all ranks)."""
-        return any_rank(accelerator, torch.tensor(self.local(), device=accelerator.device))
+        """True on every rank as soon as any rank was asked to stop (a collective: call it on all ranks).
+        One process asks no one: no device round trip, so the check never waits for the GPU."""
+        if accelerator.num_processes == 1:
+            return self.local()
+        return any_rank(accelerator, torch.full((), self.local(), device=accelerator.device))
 
     def __enter__(self) -> StopSignal:
         return self

@@ -1,9 +1,11 @@
 """What an optimizer step needs beyond `optimizer.step()`: the weight of each micro-batch's loss in its
-gradient-accumulation window, and fp16 loss-scale overflows told apart from divergence."""
+gradient-accumulation window, fp16 loss-scale overflows told apart from divergence, and the loop's own clocks
+(time waiting for batches, the first compiled step)."""
 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from accelerate import Accelerator
@@ -47,7 +49,7 @@ class OverflowGuard:
         norm = self._norm(run)
         if self.deepspeed:  # DeepSpeed stepped inside backward; its norm and overflow flag are host values
             skipped = run.optimizer.step_was_skipped
-            overflow = torch.tensor(skipped, device=self.in_a_row.device)
+            overflow = torch.full((), skipped, dtype=torch.bool, device=self.in_a_row.device)
             if norm is not None and not skipped and not math.isfinite(norm):
                 outputs.note_finite(torch.zeros_like(overflow), step)
         elif self.scaler is not None:  # the norm is non-finite exactly when the scaler finds an inf / NaN
@@ -75,3 +77,29 @@ class OverflowGuard:
         unread, self.unread = self.unread, torch.zeros_like(self.unread)
         return unread
 
+
+class LoaderWait:
+    """Host seconds the training loop spent waiting for the loader's next batch (`data_wait` of the epoch's
+    training line: the share of its time). A GPU that the loader keeps fed leaves the loop waiting in kernel
+    launches instead, not here."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def timed(self, batches):
+        batches = iter(batches)
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            self.seconds += time.perf_counter() - asked
+            if batch is None:
+                return
+            yield batch
+
+
+def said_compile_time(run, seconds: float) -> None:
+    """Once per process start: the first step traced and compiled the training graph."""
+    run.compiling = False
+    t = run.cfg.train
+    run.accelerator.print(f"train.compile: the first step took {seconds:.1f} s (compiling with {t.compile_backend}, "
+                          f"mode {t.compile_mode}); evaluation compiles its own graph on its first batch")

@@ -84,7 +84,9 @@ def adjust_sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """torchvision's: blend with a 3x3 smoothing of the interior; the one-pixel border keeps its values."""
     if min(x.shape[-2:]) <= 2:
         return x
-    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], dtype=x.dtype, device=x.device) / 13
+    kernel = torch.ones(3, 3, dtype=x.dtype, device=x.device)  # made on the device: a host copy would wait for it
+    kernel[1, 1] = 5.0
+    kernel /= 13
     degenerate = x.clone()
     degenerate[..., 1:-1, 1:-1] = F.conv2d(x, kernel.expand(x.shape[1], 1, 3, 3), groups=x.shape[1])
     return _blend(x, degenerate, factor.view(-1, 1, 1, 1))
@@ -123,7 +125,8 @@ def _warp(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     ys = torch.linspace((1 - height) / 2, (height - 1) / 2, height, dtype=x.dtype, device=x.device)
     base = torch.stack([xs.expand(height, width), ys.view(-1, 1).expand(height, width),
                         torch.ones(height, width, dtype=x.dtype, device=x.device)], dim=-1)
-    half = torch.tensor([width / 2, height / 2], dtype=x.dtype, device=x.device)
+    half = torch.full((2,), width / 2, dtype=x.dtype, device=x.device)  # filled on the device: no host copy
+    half[1] = height / 2
     grid = base.view(1, -1, 3).expand(n, -1, -1).bmm(inverse.to(x.dtype).transpose(1, 2) / half)
     return F.grid_sample(x, grid.view(n, height, width, 2), mode="nearest", padding_mode="zeros", align_corners=False)
 
