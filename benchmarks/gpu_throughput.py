@@ -1,23 +1,32 @@
-"""Training throughput on one GPU: ResNet152, DenseNet161 and ViT-B/16 at 224 px, bf16 autocast,
-channels_last for the CNNs, with and without torch.compile.
+"""Training throughput on one GPU, `fit` beside a bare loop: the report's models and timm's ViT-B/16 at 224 px.
 
-    python benchmarks/gpu_throughput.py [--models resnet152 densenet161 vit] [--batch 128] [--steps 20]
+    python benchmarks/gpu_throughput.py [--rows vit:compiled:bf16 resnet152:eager:fp16 ...] [--batch 128]
+        [--profile FILE] [--json FILE] [--device cuda|cpu] [--image-size 224] [--compile-backend inductor]
 
-Per model and mode it prints images/s, model FLOPs utilisation (training FLOPs = 3 x forward; forward
-GMACs at 224 px: ResNet152 11.56, DenseNet161 7.79, ViT-B/16 17.58; 1 GMAC = 2 FLOPs; peak dense bf16
-989 TFLOP/s for H100/H200, --peak-tflops to change), the time of one epoch of 20,000 images, peak
-memory, and the share of step time spent waiting for data. The data path is mlic's: the uint8 cache
-(demo images, 128 px), the loader, and the batched augmentation on the GPU; fused Adam as mlic builds it.
-Timing: wall-clock windows of `--steps` steps after `--warmup` steps, the device synchronised only at the ends of a window
-(a per-step sync would stop the CPU from queueing work ahead and inflate both step time and data wait);
-medians over `--windows` windows. Data wait: the share of a window's wall time the training thread spent
-getting the next batch (an upper bound on the GPU's idle time from input). Meant to run in < 5 minutes.
+A row is MODEL:MODE:PRECISION, MODE eager or compiled (`train.compile`, in place as mlic compiles), PRECISION
+bf16, fp16 (autocast; fp16 with a loss scaler) or no. Per row, printed as it finishes:
+- **bare**: a loop built from mlic's parts (the uint8 cache of the demo images at 128 px, its loader, the
+  on-device augmentation to 224, fused Adam): wall-clock windows of `--steps` steps after `--warmup`, the
+  device synchronised only at a window's ends, the median of `--windows`. Data wait: the share of a window
+  the training thread spent getting the next batch.
+- **fit**: `python train/<model>.py` (`train/any.py` for timm/ and hf/ names), the real loop with its loader,
+  transform, sampler and logging, two epochs of `--fit-steps` steps on the same demo corpus; its own
+  `images_per_s` and `data_wait` of epoch 2's training line in metrics.jsonl (epoch 1 compiles and tunes).
+  `fit/bare` is their ratio.
+- MFU: training FLOPs = 3 x forward (forward GMACs at 224 px: ResNet152 11.56, DenseNet161 7.79, ViT-B/16
+  17.58, 1 GMAC = 2 FLOPs) over `--peak-tflops` (dense bf16/fp16 of H100/H200: 989).
+- `--profile FILE`: a torch.profiler table per row appended to FILE, the 25 kernels with the most device time
+  over 5 bare steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,21 +41,33 @@ from mlic.data.transforms import DeviceTransform
 from mlic.engine import build_optimizer
 from mlic.models import build_model, is_cnn
 
-GMACS = {"resnet152": 11.56, "densenet161": 7.79, "vit": 17.58}
+REPO = Path(__file__).resolve().parent.parent
+GMACS = {"resnet152": 11.56, "densenet161": 7.79, "vit": 17.58, "timm/vit_base_patch16_224": 17.58}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": None}
+DEFAULT_ROWS = ["vit:eager:bf16", "vit:compiled:bf16", "resnet152:eager:bf16", "resnet152:compiled:bf16",
+                "resnet152:compiled:fp16", "densenet161:compiled:bf16", "timm/vit_base_patch16_224:compiled:bf16"]
 
 
-def bench(name: str, compile_: bool, loader, args, device) -> dict:
-    cfg = load_config(None, [f"model.name={name}", "model.pretrained=false"])
+def bare_model(name: str, mode: str, args, device):
+    cfg = load_config(None, [f"model.name={name}", "model.pretrained=false", f"data.image_size={args.image_size}",
+                             "train.compile=true", f"train.compile_backend={args.compile_backend}",
+                             f"train.compile_mode={args.compile_mode}"])
     model, pre = build_model(cfg.model, 14)
     cnn = is_cnn(model)
-    model = model.to(device, memory_format=torch.channels_last if cnn else torch.preserve_format).train()
-    if compile_:
-        model = torch.compile(model)
-    transform = DeviceTransform(224, pre.mean, pre.std, AugmentConfig(), channels_last=cnn).to(device)
-    opt = build_optimizer(cfg, model)  # as mlic builds it: fused Adam
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    gen = torch.Generator(device).manual_seed(0)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    model = model.to(device, memory_format=torch.channels_last if cnn and device.type == "cuda" else torch.preserve_format)
+    if mode == "compiled":
+        from mlic.build import compile_model
+        compile_model(cfg, argparse.Namespace(distributed_type="NO"), model)
+    transform = DeviceTransform(args.image_size, pre.mean, pre.std, AugmentConfig(),
+                                channels_last=cnn and device.type == "cuda").to(device)
+    return model.train(), transform, build_optimizer(cfg, model)  # as mlic builds it: fused Adam
+
+
+def bare(name: str, mode: str, precision: str, loader, args, device) -> dict:
+    model, transform, opt = bare_model(name, mode, args, device)
+    loss_fn, gen = torch.nn.BCEWithLogitsLoss(), torch.Generator(device).manual_seed(0)
+    dtype = DTYPES[precision]
+    scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     it = iter(loader)
 
     def batch():
@@ -60,15 +81,16 @@ def bench(name: str, compile_: bool, loader, args, device) -> dict:
 
     def step(images, target):
         x = transform(images, gen)
-        with autocast:
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             loss = loss_fn(model(x).float(), target)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         opt.zero_grad(set_to_none=True)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
     for _ in range(args.warmup):  # compilation, cudnn autotuning, allocator growth
         step(*batch())
@@ -76,57 +98,129 @@ def bench(name: str, compile_: bool, loader, args, device) -> dict:
         torch.cuda.reset_peak_memory_stats()
     windows, waits = [], []
     for _ in range(args.windows):  # no host sync inside a window: the CPU queues work ahead as in training
-        sync()
+        sync(device)
         start, waited = time.perf_counter(), 0.0
         for _ in range(args.steps):
             t0 = time.perf_counter()
             images, target = batch()
             waited += time.perf_counter() - t0
             step(images, target)
-        sync()
+        sync(device)
         windows.append(time.perf_counter() - start)
         waits.append(waited / windows[-1])
-    seconds = statistics.median(windows) / args.steps
-    ips = args.batch / seconds
-    flops = 3 * 2 * GMACS.get(name, 0) * 1e9 * ips
-    return {"images_per_s": ips, "mfu": flops / (args.peak_tflops * 1e12), "epoch_s": 20_000 / ips,
-            "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
-            "data_wait": statistics.median(waits)}
+    if args.profile is not None:
+        write_profile(args.profile, f"{name}:{mode}:{precision}", lambda: step(*batch()), device)
+    ips = args.batch / (statistics.median(windows) / args.steps)
+    return {"images_per_s": ips, "data_wait": statistics.median(waits),
+            "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")}
 
 
-def main() -> None:
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def write_profile(path: Path, row: str, step, device, steps: int = 5) -> None:
+    """The kernels with the most device time (self CPU time on a CPU) over `steps` steps."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with path.open("a") as fh:
+        fh.write(f"## {row}: {steps} steps\n{prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)}\n")
+
+
+def fit_row(name: str, mode: str, precision: str, args, scratch: Path) -> dict:
+    """`fit` through the real command, in a process of its own (accelerate's state is one per process)."""
+    run = scratch / f"fit-{name.replace('/', '_')}-{mode}-{precision}"
+    script = ["train/any.py", name] if name.startswith(("timm/", "hf/")) else [f"train/{name}.py"]
+    overrides = [
+        "model.pretrained=false", f"data.image_size={args.image_size}", f"data.demo_images={args.demo_images}",
+        f"data.num_workers={args.workers}", f"train.batch_size={args.batch}", f"train.eval_batch_size={args.batch}",
+        "train.epochs=2", f"train.max_steps_per_epoch={args.fit_steps}", f"train.log_every={args.fit_steps}",
+        "sampler.name=balanced", f"sampler.num_samples={args.batch * args.fit_steps}",
+        f"train.compile={str(mode == 'compiled').lower()}", f"train.compile_backend={args.compile_backend}",
+        f"train.compile_mode={args.compile_mode}", f"run.output_dir={run}", "run.progress=false", "run.trackers=[]"]
+    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": precision, "PYTHONPATH": str(REPO)}
+    if args.device == "cpu":
+        env["ACCELERATE_USE_CPU"] = "true"
+    done = subprocess.run([sys.executable, *script, *overrides], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=args.fit_timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"fit of {name} failed: {done.stderr[-2000:]}")
+    line = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"split": "train"' in x][-1]
+    return {"images_per_s": line["images_per_s"], "data_wait": line["data_wait"]}
+
+
+def loader_for(args, scratch: Path):
+    ds = load_helsinki(write_demo_data(scratch / "data", args.demo_images, seed=0))
+    data = CachedImages(build_cache(ds, 128, scratch / "cache", workers=min(8, os.cpu_count() or 1)), ds.targets)
+    return torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True,
+                                       num_workers=args.workers, collate_fn=collate_batch,
+                                       pin_memory=args.device == "cuda", persistent_workers=args.workers > 0)
+
+
+def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", default=["resnet152", "densenet161", "vit"])
+    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, help="MODEL:MODE:PRECISION, in the order to run")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20, help="per timed window")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=20, help="per timed window of the bare loop")
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--fit-steps", type=int, default=60, help="steps of each of fit's two epochs")
+    parser.add_argument("--fit-timeout", type=int, default=400)
+    parser.add_argument("--demo-images", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--compile-mode", default="default")
+    parser.add_argument("--no-fit", action="store_true", help="the bare loop only")
+    parser.add_argument("--profile", type=Path, help="append a profiler table per row to this file")
+    parser.add_argument("--json", type=Path, help="append each row as a JSON line")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True  # as mlic.build sets it under CUDA
     scratch = tempfile.TemporaryDirectory(prefix="mlic-gpu-")  # removed at exit: data, caches, runs (GBs)
-    tmp = Path(scratch.name)
-    ds = load_helsinki(write_demo_data(tmp / "data", max(2000, args.batch * 4), seed=0))
-    data = CachedImages(build_cache(ds, 128, tmp / "cache", workers=8), ds.targets)
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True,
-                                         num_workers=args.workers, collate_fn=collate_batch,
-                                         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+    os.environ.setdefault("MLIC_CACHE", str(Path(scratch.name) / "mlic-cache"))  # fit's subprocesses share it
+    loader = loader_for(args, Path(scratch.name))
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    precision = "bf16 autocast" if device.type == "cuda" else "fp32"
-    print(f"{name}, torch {torch.__version__}, batch {args.batch}, {precision}, {args.windows} windows of {args.steps} steps")
-    print(f"{'model':12s} {'compile':7s} {'img/s':>8s} {'MFU':>6s} {'epoch s':>8s} {'peak GB':>8s} {'data wait':>9s}")
-    for model_name in args.models:
-        for compile_ in ([False] if args.no_compile else [False, True]):
-            r = bench(model_name, compile_, loader, args, device)
-            print(f"{model_name:12s} {str(compile_):7s} {r['images_per_s']:8.0f} {r['mfu']:6.1%} {r['epoch_s']:8.1f} "
-                  f"{r['peak_gb']:8.1f} {r['data_wait']:9.1%}", flush=True)
+    print(f"{name}, torch {torch.__version__}, batch {args.batch} at {args.image_size} px, bare: {args.windows} windows "
+          f"of {args.steps} steps; fit: epoch 2 of 2 x {args.fit_steps} steps; compile {args.compile_backend}")
+    print(f"{'row':40s} {'bare img/s':>10s} {'MFU':>6s} {'wait':>6s} {'fit img/s':>9s} {'MFU':>6s} {'wait':>6s} "
+          f"{'fit/bare':>8s} {'peak GB':>7s}", flush=True)
+    failed = 0
+    for row in args.rows:
+        model_name, mode, precision = row.rsplit(":", 2)
+        try:
+            b = bare(model_name, mode, precision, loader, args, device)
+            f = {"images_per_s": float("nan"), "data_wait": float("nan")} if args.no_fit else \
+                fit_row(model_name, mode, precision, args, Path(scratch.name))
+        except Exception as exc:  # one row's failure (memory, a compile error) leaves the others' figures
+            failed += 1
+            print(f"{row:40s} failed: {str(exc).splitlines()[-1][:300] if str(exc) else type(exc).__name__}", flush=True)
+            continue
+        finally:
             torch.cuda.empty_cache() if device.type == "cuda" else None
+        flops = 3 * 2 * GMACS.get(model_name, 0) * 1e9 * (args.image_size / 224) ** 2 / (args.peak_tflops * 1e12)
+        print(f"{row:40s} {b['images_per_s']:10.0f} {b['images_per_s'] * flops:6.1%} {b['data_wait']:6.1%} "
+              f"{f['images_per_s']:9.0f} {f['images_per_s'] * flops:6.1%} {f['data_wait']:6.1%} "
+              f"{f['images_per_s'] / b['images_per_s']:8.3f} {b['peak_gb']:7.1f}", flush=True)
+        if args.json:
+            with args.json.open("a") as fh:
+                fh.write(json.dumps({"row": row, "device": name, "torch": torch.__version__, "bare": b, "fit": f,
+                                     "mfu_per_image": flops}) + "\n")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
