@@ -2,7 +2,7 @@
 parameters, all drawn from a passed `torch.Generator` (never the global RNG, so that a resumed run
 repeats them). The report's ColorJitter ops, RandAugment and TrivialAugmentWide with the ops and
 magnitude bins of torchvision.transforms.v2 (which draws per image on the host, one image at a time),
-random erasing, and MixUp / CutMix for multi-hot targets.
+random erasing, RandomResizedCrop, and MixUp / CutMix for multi-hot targets.
 
 torchvision's functional ops take one factor per call, so the per-image ones are written here;
 equalize is torchvision's own, which is batched already (its autocontrast is too, but reads a value
@@ -12,10 +12,12 @@ back to the host).
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -273,6 +275,60 @@ def random_erasing(x: torch.Tensor, generator: torch.Generator | None, p: float,
     left = (rand(n) * (width - wide + 1)).floor()
     box = _box_mask(top, left, top + tall, left + wide, height, width)
     return x.masked_fill(box & (erase & fits.any(1)).view(-1, 1, 1, 1), value)
+
+
+def _crop_boxes(n: int, height: int, width: int, generator: torch.Generator | None, device: torch.device,
+                scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts: int = 10) -> tuple[torch.Tensor, ...]:
+    """torchvision's RandomResizedCrop.get_params for n images at once, as float (n,) tensors
+    (top, left, h, w) on `device`. Each image gets `attempts` tries drawn together and keeps the first
+    that fits; where none fits, torchvision's central fallback, which depends only on the image shape and
+    `ratio`, so it is worked out on the host and selected with torch.where: no read-back from the device."""
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, device=device, generator=generator)
+
+    area = height * width * (scale[0] + rand(n, attempts) * (scale[1] - scale[0]))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + rand(n, attempts) * (log_hi - log_lo))
+    w, h = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first try that fits (0 if none does)
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    top, left = (rand(n) * (height - h + 1)).floor(), (rand(n) * (width - w + 1)).floor()
+    fall_h, fall_w = height, width  # the image's own ratio lies in `ratio`: the whole image
+    if width / height < min(ratio):
+        fall_h = round(width / min(ratio))
+    elif width / height > max(ratio):
+        fall_w = round(height * max(ratio))
+    found = fits.any(1)
+    return (torch.where(found, top, float((height - fall_h) // 2)),
+            torch.where(found, left, float((width - fall_w) // 2)),
+            torch.where(found, h, float(fall_h)), torch.where(found, w, float(fall_w)))
+
+
+def random_resized_crop(x: torch.Tensor, generator: torch.Generator | None, size: int, scale=(0.08, 1.0),
+                        ratio=(3 / 4, 4 / 3), interpolation: str = "bilinear", attempts: int = 10) -> torch.Tensor:
+    """torchvision's RandomResizedCrop for a float (N, C, H, W) batch in [0, 1]: each image its own box
+    (RandomResizedCrop.get_params, see `_crop_boxes`), resized to (N, C, size, size) in one call.
+
+    The crop and resize are torchvision.ops.roi_align (aligned=True: a box edge at pixel edges, as
+    resized_crop samples), which takes a box per image, so one kernel serves the whole batch. Its
+    sampling_ratio=0 averages ceil(box side / size) bilinear samples per output pixel along each axis:
+    a box filter when the crop shrinks, standing in for resized_crop's antialias, and exactly one sample
+    (plain bilinear) when it does not, so a whole-image crop at the image's size returns the image (a
+    fixed 2 would blur it). roi_align has no bicubic: "bicubic" falls back to this same sampling.
+    Half types are sampled in float32 (roi_align lacks bfloat16 on the CPU).
+    """
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ValueError(f"random_resized_crop: interpolation {interpolation!r} is not supported; "
+                         f"use 'bilinear' or 'bicubic' (which samples bilinearly)")
+    n, _, height, width = x.shape
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    top, left, h, w = _crop_boxes(n, height, width, generator, x.device, scale, ratio, attempts)
+    index = torch.arange(n, device=x.device, dtype=top.dtype)
+    boxes = torch.stack([index, left, top, left + w, top + h], 1).to(work.dtype)
+    out = roi_align(work, boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    return out.clamp_(0, 1).to(x.dtype)
 
 
 def mix_batch(x: torch.Tensor, target: torch.Tensor, generator: torch.Generator, mixup_alpha: float = 0.0,
