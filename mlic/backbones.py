@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -91,18 +92,16 @@ class BackboneClassifier(nn.Module):
 
 # --- timm ---------------------------------------------------------------------------------------
 
-def build_timm(arch: str, cfg, exported: dict | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """timm's model `arch` without classifier (num_classes=0), and its data config."""
+def build_timm(arch: str, cfg, exported: dict | None = None,
+               image_size: int | None = None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """timm's model `arch` without classifier (num_classes=0), its data config, and the keyword arguments that
+    rebuild it. `image_size` (data.image_size) other than a fixed-size model's own (a ViT's) builds it at that
+    size, its position embeddings resampled from the weights' as timm does at load."""
     import timm
 
-    kwargs = dict(exported.get("kwargs", {})) if exported else {}
+    kwargs = dict(exported.get("kwargs", {})) if exported else _size_kwargs(arch, image_size)
     try:
-        if cfg.pretrained and not cfg.weights and exported is None:
-            # the full model loads timm's weights strictly; then the classifier goes
-            model = timm.create_model(arch, pretrained=True, **kwargs)
-            model.reset_classifier(0)
-        else:
-            model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+        model = _create_timm(arch, cfg.pretrained and not cfg.weights and exported is None, kwargs)
     except RuntimeError as exc:
         if "No pretrained weights" in str(exc):
             raise ConfigError(f"config key 'model.pretrained': timm has no pretrained weights for {arch!r}; pick a "
@@ -116,13 +115,46 @@ def build_timm(arch: str, cfg, exported: dict | None = None) -> tuple[nn.Module,
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MlicError(offline_hint(f"timm {arch}", f"{reason}; HF cache ${{HF_HOME}}/hub")) from None
     if cfg.pretrained and cfg.weights and exported is None:
-        load_strictly(model, weights_file(cfg.weights), allowed=_classifier_prefixes(model))
+        load_strictly(model, weights_file(cfg.weights), allowed=_classifier_prefixes(model),
+                      adapt=getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None))
     if cfg.grad_checkpointing:
         try:
             model.set_grad_checkpointing(True)
         except (AssertionError, NotImplementedError):
             raise ConfigError(f"config key 'model.grad_checkpointing': timm {arch} does not support it") from None
-    return model, timm.data.resolve_model_data_config(model)
+    data = timm.data.resolve_model_data_config(model)  # the weights' pretrained_cfg: their own input size
+    if "img_size" in kwargs:
+        data["input_size"] = (3, kwargs["img_size"], kwargs["img_size"])
+    return model, data, kwargs
+
+
+def _create_timm(arch: str, download: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """With `download` the full model loads timm's weights strictly, then the classifier goes. `kwargs` loses an
+    `img_size` the architecture does not take (it takes any size)."""
+    import timm
+
+    try:
+        if download:
+            model = timm.create_model(arch, pretrained=True, **kwargs)
+            model.reset_classifier(0)
+            return model
+        return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    except TypeError as exc:
+        if "img_size" not in str(exc) or "img_size" not in kwargs:
+            raise
+        kwargs.pop("img_size")
+        return _create_timm(arch, download, kwargs)
+
+
+def _size_kwargs(arch: str, image_size: int | None) -> dict[str, Any]:
+    """{"img_size": image_size} when another size than the weights' own is asked for; `build_timm` drops it for
+    an architecture that takes any size (a CNN: timm refuses the keyword)."""
+    import timm
+
+    if image_size is None or not timm.is_model(arch.split(".")[0]):
+        return {}
+    default = timm.get_pretrained_cfg(arch.split(".")[0], allow_unregistered=True)
+    return {} if default is not None and default.input_size[-1] == image_size else {"img_size": image_size}
 
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
@@ -143,16 +175,20 @@ def weights_file(path: str) -> Path:
     return p
 
 
-def load_strictly(model: nn.Module, path: Path, allowed: tuple[str, ...]) -> None:
+def load_strictly(model: nn.Module, path: Path, allowed: tuple[str, ...], adapt=None) -> None:
     """Every parameter and buffer of `model` must come from the file; extra keys only under `allowed`
     (the pretrained classifier that mlic replaces). timm's own file loading with num_classes=0 is
-    lenient: a file in another naming would leave the backbone random with only a logged warning."""
+    lenient: a file in another naming would leave the backbone random with only a logged warning. `adapt`:
+    the architecture's `checkpoint_filter_fn`, which timm runs on its own downloads (a ViT's position
+    embeddings resampled to the model's size)."""
     import timm.models
 
     try:
         state = timm.models.load_state_dict(str(path), weights_only=True)
     except Exception as exc:
         raise MlicError(f"model.weights {path}: cannot read it ({str(exc).splitlines()[0]})") from None
+    if adapt is not None:
+        state = adapt(state, model)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # the names match, some shapes do not (another variant of the architecture)
@@ -235,6 +271,11 @@ def _hf_preprocess(source: str, config, online: bool) -> dict[str, Any]:
     side = (crop or {}).get("height") or processor.size.get("height") or processor.size.get("shortest_edge") or size
     data.update(input_size=(3, side, side), mean=tuple(processor.image_mean), std=tuple(processor.image_std))
     data["interpolation"] = _PIL_RESAMPLE.get(int(getattr(processor, "resample", 2)), "bilinear")
+    shortest = processor.size.get("shortest_edge")
+    if crop and shortest and crop.get("height"):  # resize the shorter side, then crop (ResNet, ConvNeXt ...)
+        data["crop_pct"] = crop["height"] / shortest
+    elif getattr(processor, "crop_pct", None):  # ConvNeXt's processor names it
+        data["crop_pct"] = float(processor.crop_pct)
     return data
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import (
@@ -23,6 +24,7 @@ from accelerate.utils import (
 from mlic.backbones import layer_ids
 from mlic.config import Config
 from mlic.data.pipeline import Data, build_data, load_split
+from mlic.data.resolution import resolve_cache_size
 from mlic.ema import WeightEma
 from mlic.errors import ConfigError
 from mlic.losses import build_loss
@@ -270,9 +272,13 @@ def input_dtype(accelerator: Accelerator) -> torch.dtype | None:
 def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     split = load_split(cfg)  # data errors surface before the model is built
     dataset = split[0]
-    model, preprocess = build_model(cfg.model, dataset.num_labels)
-    preprocess = dataclasses.replace(preprocess, size=cfg.data.image_size or preprocess.size)
+    model, preprocess = build_model(cfg.model, dataset.num_labels, image_size=cfg.data.image_size)
+    preprocess = dataclasses.replace(preprocess, size=cfg.data.image_size or preprocess.size,
+                                     crop_pct=cfg.data.crop_pct or preprocess.crop_pct)
     check_model_inputs(cfg, model, preprocess.size)
+    cfg, note = resolve_cache_size(cfg, dataset, np.union1d(split.train_idx, split.val_idx), preprocess)
+    if note:
+        accelerator.print(note)
     channels_last = cfg.model.channels_last and torch.cuda.is_available() and is_cnn(model)
     data = build_data(cfg, accelerator, split, preprocess, channels_last)
     if channels_last:

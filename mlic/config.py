@@ -43,7 +43,15 @@ class DataConfig:
     hf_split: str = "train"  # hf only
     cache: Literal["auto", "on", "off"] = "auto"  # decoded uint8 cache + on-device augmentation
     cache_dir: str | None = None  # default: ~/.cache/mlic/images
-    cache_size: int = 128  # side of the cached square images (the course corpus is 128x128)
+    # Side of the cached square images. auto: the side the training needs (the model's input, or input / crop_pct
+    # when it crops: data.resize=crop, augment.random_resized_crop) but never more than the images' own shorter
+    # side (read from the headers of up to 1,024 of them): the course corpus (128 x 128) caches at 128. The
+    # resolved number is what config.yaml and model/ record.
+    cache_size: int | Literal["auto"] = "auto"
+    # A non-square image into the square: squash (resize both sides), crop (the shorter side, centre crop; then
+    # timm's evaluation crop by crop_pct) or pad (letterbox onto data.background).
+    resize: Literal["squash", "crop", "pad"] = "squash"
+    crop_pct: float | None = None  # data.resize=crop: input side / resized side; None: the weights' own
     image_size: int | None = None  # model input side; None: the model's own (224 for the pretrained ones)
     num_workers: int = 2
     labels: list[str] | None = None  # expected label names: the data must have exactly these
@@ -60,6 +68,7 @@ class DataConfig:
         "image_column": Text(), "label_column": Text(), "hf_split": Text(), "background": Text(),
         "val_fraction": between(0, 1, low_open=True, high_open=True), "seed": SEED, "demo_seed": SEED,
         "cache_size": at_least(1), "image_size": at_least(32), "num_workers": at_least(0),
+        "crop_pct": between(0, 1, low_open=True),
         "labels": Items(Text(), unique=True, at_least_one=True), "max_pixels": at_least(1),
         "demo_images": at_least(1),
     }
@@ -93,6 +102,11 @@ class AugmentConfig:
     # MixUp mixes targets convexly, CutMix by the pasted area; with both on each image takes one of them.
     mixup: float = 0.0
     cutmix: float = 0.0
+    # Scale augmentation (torchvision's RandomResizedCrop, per image on the device): a box of crop_scale of the
+    # cached square's area and crop_ratio aspect, resized to the input. Best from a cache larger than the input.
+    random_resized_crop: bool = False
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
 
     RANGES: ClassVar[dict[str, Rule]] = {
         "hflip": PROBABILITY, "vflip": PROBABILITY, "cutout": PROBABILITY,
@@ -100,6 +114,8 @@ class AugmentConfig:
         "randaugment_n": at_least(0), "randaugment_m": between(0, 30),  # torchvision's 31 magnitude bins
         "cutout_scale": Items(between(0, 1, low_open=True), length=2, ascending=True),
         "mixup": at_least(0), "cutmix": at_least(0),  # a Beta(alpha, alpha); 0 is off
+        "crop_scale": Items(between(0, 1, low_open=True), length=2, ascending=True),
+        "crop_ratio": Items(above(0), length=2, ascending=True),
     }
 
 

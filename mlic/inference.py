@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from mlic.config import Config, config_from_dict
-from mlic.data.cache import decode_square
+from mlic.data.cache import Square, decode_square
 from mlic.data.datasets import (
     IMAGE_SUFFIXES,
     DecodeFiles,
@@ -36,10 +36,10 @@ RESULT_NAME = re.compile(r"^im([0-9]+)\.[a-z]+$", re.IGNORECASE)  # a row of the
 
 
 class DecodedImages(torch.utils.data.Dataset):
-    """Every row of `dataset` decoded as the training cache does (uint8, square `size`): evaluation sees
-    what training saw. Sample `row` = (image, float target, row); a split is a `Subset` of it."""
+    """Every row of `dataset` decoded as the training cache does (uint8 squares, `mlic.data.cache.Square`):
+    evaluation sees what training saw. Sample `row` = (image, float target, row); a split is a `Subset` of it."""
 
-    def __init__(self, dataset: MultilabelImages, size: int):
+    def __init__(self, dataset: MultilabelImages, size: Square):
         self.dataset, self.size = dataset, size
 
     def __len__(self) -> int:
@@ -53,12 +53,13 @@ class DecodedImages(torch.utils.data.Dataset):
 def _eval_inputs(dataset: MultilabelImages, rows: np.ndarray, cfg: Config, meta: dict, batch_size: int, workers: int):
     """(loader over `rows` of `dataset`, transform) reproducing the run's evaluation preprocessing."""
     pre = meta["preprocess"]
-    mode = pre.get("interpolation", "bilinear")  # models exported before it was recorded: bilinear
     if meta.get("cached", True):
-        source = DecodedImages(dataset, cfg.data.cache_size)
-        transform = DeviceTransform(pre["size"], pre["mean"], pre["std"], interpolation=mode)
+        source = DecodedImages(dataset, Square(cfg.data.cache_size, cfg.data.resize, cfg.data.background))
+        transform = DeviceTransform.evaluating(pre, cfg.data.resize)
     else:
-        source = Transformed(dataset, per_image_transform(pre["size"], pre["mean"], pre["std"], None, mode))
+        source = Transformed(dataset, per_image_transform(
+            pre["size"], pre["mean"], pre["std"], None, pre.get("interpolation", "bilinear"), cfg.data.resize,
+            pre.get("crop_pct", 1.0), cfg.data.background))
         transform = PassThrough(channels_last=False)  # the workers already resized and normalised
     return DataLoader(Subset(source, rows), batch_size=batch_size, num_workers=workers), transform
 

@@ -197,6 +197,8 @@ def _preprocess(pre: Any) -> list[str]:
     if "interpolation" in pre and pre["interpolation"] not in INTERPOLATIONS:
         problems.append(f"{META} 'preprocess.interpolation' is {pre['interpolation']!r}, not one of "
                         f"{', '.join(INTERPOLATIONS)}")
+    if "crop_pct" in pre and not (_is_number(pre["crop_pct"]) and 0 < pre["crop_pct"] <= 1):
+        problems.append(f"{META} 'preprocess.crop_pct' is {pre['crop_pct']!r}, not a share in (0, 1]")
     return problems
 
 

@@ -61,9 +61,11 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"  # timm's pretrained_cfg says bicubic for most of its weights
+    crop_pct: float = 1.0  # data.resize=crop: the input's share of the resized side (timm's; torchvision's 224/256)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation,
+                "crop_pct": self.crop_pct}
 
 
 # torchvision models the report used or tried: builder, weights enum name, classifier attribute
@@ -179,9 +181,11 @@ def probe(model: nn.Module, size: int) -> str | None:
     return None
 
 
-def build_model(cfg, num_labels: int, exported: dict | None = None) -> tuple[nn.Module, Preprocess]:
+def build_model(cfg, num_labels: int, exported: dict | None = None,
+                image_size: int | None = None) -> tuple[nn.Module, Preprocess]:
     """The model named by `cfg.name` (a ModelConfig) and how its inputs are preprocessed; `exported`
-    (an exported model's architecture record) rebuilds it without weights files or hub access."""
+    (an exported model's architecture record) rebuilds it without weights files or hub access. `image_size`
+    (data.image_size) builds a timm model made for one input size (a ViT) at that size."""
     if cfg.head == "mldecoder" and (cfg.name == "cnn" or cfg.name in TORCHVISION):
         raise ConfigError(f"config key 'model.head': mldecoder needs a backbone's spatial features; {cfg.name} "
                           f"pools them away. Use timm's build of it (model.name=timm/{cfg.name}) or model.head=report")
@@ -190,11 +194,11 @@ def build_model(cfg, num_labels: int, exported: dict | None = None) -> tuple[nn.
         preprocess = Preprocess(128, IMAGENET_MEAN, IMAGENET_STD)
     elif cfg.name in TORCHVISION:
         model = build_torchvision(cfg.name, num_labels, cfg)
-        preprocess = Preprocess(224, IMAGENET_MEAN, IMAGENET_STD)
+        preprocess = Preprocess(224, IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.875)  # the references' resize 256, crop 224
     elif cfg.name == "vit":
         model, preprocess = build_vit(num_labels, cfg, exported and exported.get("vit_config"))
     elif cfg.name.startswith(("timm/", "hf/")):
-        model, preprocess = _build_library(cfg, num_labels, exported)
+        model, preprocess = _build_library(cfg, num_labels, exported, image_size)
     else:
         raise ConfigError(f"config key 'model.name': unknown model {cfg.name!r}; known: {', '.join(MODELS)}, "
                           "timm/<architecture>, hf/<hub name or folder>")
@@ -206,18 +210,18 @@ def build_model(cfg, num_labels: int, exported: dict | None = None) -> tuple[nn.
     return model, preprocess
 
 
-def _build_library(cfg, num_labels: int, exported: dict | None) -> tuple[nn.Module, Preprocess]:
+def _build_library(cfg, num_labels: int, exported: dict | None, image_size: int | None) -> tuple[nn.Module, Preprocess]:
     library, source = cfg.name.split("/", 1)
     if not source:
         raise ConfigError(f"config key 'model.name': {cfg.name!r} names no model after '{library}/'")
     if library == "timm":
-        backbone, data = build_timm(source, cfg, exported and exported.get("timm"))
-        record = {"kwargs": {}}
+        backbone, data, kwargs = build_timm(source, cfg, exported and exported.get("timm"), image_size)
+        record = {"kwargs": kwargs}
     else:
         backbone, record, data = build_hf(cfg.weights or source, cfg, exported and exported.get("hf"))
     interpolation = data.get("interpolation", "bilinear")  # mlic resizes bilinear or bicubic
     preprocess = Preprocess(int(data["input_size"][-1]), tuple(data["mean"]), tuple(data["std"]),
-                            interpolation if interpolation == "bicubic" else "bilinear")
+                            interpolation if interpolation == "bicubic" else "bilinear", float(data.get("crop_pct") or 1.0))
     model = BackboneClassifier(backbone, nn.Identity(), library)
     width = model.feature_width(cfg.head == "mldecoder", preprocess.size)
     model.head = make_head(cfg, width, num_labels)

@@ -20,6 +20,7 @@ onnx, onnxscript and onnxruntime are the optional `onnx` extra: imported inside 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +60,27 @@ def input_side(meta: dict) -> int:
 
 def input_contract(meta: dict, side: int) -> dict:
     """How a caller makes the `images` input from a decoded 8-bit RGB image (see the module docstring)."""
-    mode = meta["preprocess"].get("interpolation", "bilinear")
-    if meta.get("cached", True):
+    mode, crop_pct = meta["preprocess"].get("interpolation", "bilinear"), meta["preprocess"].get("crop_pct", 1.0)
+    resize, background = _resize(meta), config_from_dict(meta["config"]).data.background
+    if meta.get("cached", True) and resize == "crop":
+        prepare = (f"PIL ImageOps.fit(img, ({side}, {side}), Image.BILINEAR, centering=(0.5, 0.5)) unless already "
+                   f"{side}x{side} (data.resize=crop: the shorter side to {side}, centre crop)")
+    elif meta.get("cached", True) and resize == "pad":
+        prepare = (f"PIL ImageOps.pad(img, ({side}, {side}), Image.BILINEAR, color={background!r}, centering=(0.5, 0.5)) "
+                   f"unless already {side}x{side} (data.resize=pad: letterboxed)")
+    elif meta.get("cached", True):
         prepare = f"PIL Image.resize(({side}, {side}), Image.BILINEAR, reducing_gap=None) unless already {side}x{side}"
+    elif resize == "crop":
+        prepare = (f"torchvision v2.functional.resize(uint8 CHW tensor, {math.floor(side / crop_pct)}, interpolation={mode}, "
+                   f"antialias=True) (the shorter side), then v2.functional.center_crop(..., [{side}, {side}])")
     else:
         prepare = (f"torchvision v2.functional.resize(uint8 CHW tensor, [{side}, {side}], "
                    f"interpolation={mode}, antialias=True)")
+        if resize == "pad":
+            prepare = (f"PIL ImageOps.pad(img, ({side}, {side}), Image.BILINEAR, color={background!r}) (letterboxed), "
+                       "then " + prepare)
     return {"name": INPUT, "dtype": "uint8", "layout": "NCHW", "channels": "RGB", "range": [0, 255],
-            "shape": ["N", 3, side, side], "prepare": prepare,
+            "shape": ["N", 3, side, side], "resize": resize, "prepare": prepare,
             "float_pixels": "x in 0..1: pass round(x * 255) as uint8"}
 
 
@@ -78,7 +92,8 @@ def metadata_props(meta: dict, side: int) -> dict[str, str]:
         "mlic.thresholds": json.dumps([float(t) for t in meta["thresholds"]]),
         "mlic.input": json.dumps(input_contract(meta, side)),
         "mlic.preprocess": json.dumps({"in_graph": True, "size": pre["size"], "mean": pre["mean"], "std": pre["std"],
-                                       "interpolation": pre.get("interpolation", "bilinear")}),
+                                       "interpolation": pre.get("interpolation", "bilinear"),
+                                       "crop_pct": pre.get("crop_pct", 1.0)}),
         "mlic.output": json.dumps({"name": OUTPUT, "dtype": "float32", "shape": ["N", len(meta["label_names"])],
                                    "activation": "sigmoid", "decision": "probability >= thresholds[label]"}),
         "mlic.architecture": meta["architecture"]["name"],
@@ -89,8 +104,14 @@ def probability_model(model_dir: str | Path) -> tuple[ProbabilityModel, dict, in
     """(the graph's body in torch, eval mode; the model's meta; the input side)."""
     model, meta = load_exported(model_dir, INFERENCE)
     pre = meta["preprocess"]
-    transform = DeviceTransform(pre["size"], pre["mean"], pre["std"], interpolation=pre.get("interpolation", "bilinear"))
+    # cache off: the caller's per-image steps already made the input square (resize, crop or pad) at the model's size
+    transform = DeviceTransform.evaluating(pre, _resize(meta) if meta.get("cached", True) else "squash")
     return ProbabilityModel(model, transform).eval(), meta, input_side(meta)
+
+
+def _resize(meta: dict) -> str:
+    """data.resize of the run (folders exported before it: squash)."""
+    return config_from_dict(meta["config"]).data.resize
 
 
 def _require(*modules: str, what: str) -> None:

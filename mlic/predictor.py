@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from mlic.config import config_from_dict
-from mlic.data.cache import square_pixels
+from mlic.data.cache import Square
 from mlic.data.decode import DecodeSettings, decode_image, decoded_rgb
 from mlic.data.transforms import DeviceTransform, per_image_transform
 from mlic.errors import MlicError
@@ -62,13 +62,14 @@ class Predictor:
         cfg = config_from_dict(meta["config"])
         self.settings = DecodeSettings.from_config(cfg.data)
         pre = meta["preprocess"]
-        mode = pre.get("interpolation", "bilinear")  # models exported before it was recorded: bilinear
         self.cached = meta.get("cached", True)
-        self.cache_size = cfg.data.cache_size
+        self.square = Square(cfg.data.cache_size, cfg.data.resize, cfg.data.background)  # folders before resize: squash
         if self.cached:  # uint8 squares in, resized and normalised on the device, as the run evaluated
-            self.transform = DeviceTransform(pre["size"], pre["mean"], pre["std"], interpolation=mode).to(self.device)
+            self.transform = DeviceTransform.evaluating(pre, cfg.data.resize).to(self.device)
         else:
-            self.per_image = per_image_transform(pre["size"], pre["mean"], pre["std"], None, mode)
+            self.per_image = per_image_transform(pre["size"], pre["mean"], pre["std"], None,
+                                                 pre.get("interpolation", "bilinear"), cfg.data.resize,
+                                                 pre.get("crop_pct", 1.0), cfg.data.background)
 
     def predict(self, images: ImageInput | Iterable[ImageInput], batch_size: int | None = None) -> Predictions:
         """Probabilities and decisions for `images`: a path, a PIL image, a uint8 tensor (3, H, W) or a batch
@@ -89,7 +90,7 @@ class Predictor:
         normalised float tensor of the per-image path."""
         rgb = self._rgb(image)
         if self.cached:
-            return torch.from_numpy(square_pixels(rgb, self.cache_size))
+            return torch.from_numpy(self.square(rgb))
         return self.per_image(rgb)
 
     @torch.inference_mode()

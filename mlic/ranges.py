@@ -26,6 +26,8 @@ class Range:
     why: str = ""
 
     def problem(self, value: Any) -> str | None:
+        if isinstance(value, str):  # a word the key's type allows besides numbers ("auto")
+            return None
         if isinstance(value, float) and not math.isfinite(value):
             return "is not a finite number"
         below = self.low is not None and (value <= self.low if self.low_open else value < self.low)

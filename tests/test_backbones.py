@@ -33,7 +33,7 @@ def tiny_hf(folder, kind: str = "vit"):
 @pytest.mark.parametrize("head", ["report", "linear", "mldecoder"])
 def test_timm_backbone_takes_every_head_and_its_pretrained_preprocessing(head):
     model, pre = build_model(ModelConfig(name="timm/tf_efficientnet_lite0", pretrained=False, head=head), 14)
-    assert pre == Preprocess(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")  # timm's pretrained_cfg
+    assert pre == Preprocess(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 0.875)  # timm's pretrained_cfg
     assert model(torch.rand(2, 3, 64, 64)).shape == (2, 14)
     assert isinstance(model.head, {"report": torch.nn.Sequential, "linear": torch.nn.Linear, "mldecoder": MLDecoder}[head])
     if head == "mldecoder":  # fed the 2x2 map of a 64-px image as 4 tokens of the backbone's width

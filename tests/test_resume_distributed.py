@@ -2,7 +2,7 @@
 2-process run does (weights and validation metrics). Users resume preempted multi-GPU jobs this way.
 
 Under DeepSpeed ZeRO-2 with the default settings; under DDP with every piece that keeps state or draws
-randomness on (the EMA of the weights, ASL, RandAugment, Cutout, MixUp, CutMix, the balanced sampler's
+randomness on (the EMA of the weights, ASL, RandAugment, Cutout, MixUp, CutMix, random resized crops, the balanced sampler's
 `least_sampled` counts), on partial labels (a csv with a third of the entries unknown, masked out of the
 loss and the metrics): the average must come back exactly too (YOLOX and DeiT both shipped EMA resume
 bugs). There, the two newest checkpoints are spoiled before the resume (pickles planted in both ranks'
@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=32", "train.epochs=2",
         "train.save_every_steps=4", "run.progress=false"]
 RECIPE = ["train.ema_decay=0.9", "loss.name=asl", "augment.policy=randaugment", "augment.cutout=0.5",
-          "augment.mixup=0.4", "augment.cutmix=1.0", "train.select_metric=val_ema/mAP", "sampler.name=balanced"]
+          "augment.mixup=0.4", "augment.cutmix=1.0", "train.select_metric=val_ema/mAP", "sampler.name=balanced",
+          "augment.random_resized_crop=true"]  # from the 128-px cache to the demo's 64-px input
 LAUNCH = {"ddp": ("multi_cpu.yaml", {"ACCELERATE_USE_CPU": "true"}, RECIPE),
           "deepspeed": ("deepspeed_zero2_cpu.yaml", {}, [])}
 

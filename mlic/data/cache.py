@@ -28,11 +28,12 @@ import shutil
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from mlic import faults
@@ -62,23 +63,56 @@ def _left_out(n: int, rows: np.ndarray | None) -> np.ndarray:
     return np.zeros(0, dtype=np.int64) if rows is None else np.setdiff1d(np.arange(n), rows)
 
 
-def cache_path(dataset: MultilabelImages, size: int, cache_dir: str | Path, rows: np.ndarray | None = None) -> Path:
-    """The cache file of `dataset` decoded at `size`, holding `rows` (None: every row)."""
-    name = f"{dataset.fingerprint}-{len(dataset)}x{size}"
+def cache_path(dataset: MultilabelImages, size: int | Square, cache_dir: str | Path,
+               rows: np.ndarray | None = None) -> Path:
+    """The cache file of `dataset` decoded at `size` (a side, squashed, or a `Square`), holding `rows` (None:
+    every row). A squashed cache keeps the name it had before `data.resize` existed."""
+    square = Square.of(size)
+    name = f"{dataset.fingerprint}-{len(dataset)}x{square.side}"
+    if square.resize != "squash":  # pad's background is in the fingerprint (a decode setting)
+        name += f"-{square.resize}"
     left_out = _left_out(len(dataset), rows)
     if len(left_out):  # a cache with zeros in place of these rows must not serve a run that wants them
         name += f"-without{hashlib.sha1(left_out.astype('<i8').tobytes()).hexdigest()[:12]}"
     return Path(cache_dir) / f"{name}.u8"
 
 
-def square_pixels(img: Image.Image, size: int) -> np.ndarray:
-    """An RGB image as the cache stores it: uint8 (3, size, size), resized by PIL's bilinear filter."""
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+@dataclass(frozen=True)
+class Square:
+    """How an image becomes a cached square of side `side` (`data.cache_size`), per `data.resize`: squash
+    (both sides resized to it), crop (the shorter side resized to it, the longer centre-cropped: timm's
+    evaluation crop, whose crop_pct the evaluation transform then applies) or pad (the longer side resized to
+    it, letterboxed onto `background`). PIL's bilinear filter, no reducing_gap: the pixels the ONNX contract
+    and `mlic predict` reproduce."""
+
+    side: int
+    resize: str = "squash"
+    background: str = "white"
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        """An RGB image as the cache stores it: uint8 (3, side, side)."""
+        size, bilinear = (self.side, self.side), Image.Resampling.BILINEAR
+        if img.size != size:
+            if self.resize == "crop":
+                img = ImageOps.fit(img, size, bilinear, centering=(0.5, 0.5))
+            elif self.resize == "pad":
+                img = ImageOps.pad(img, size, bilinear, color=self.background, centering=(0.5, 0.5))
+            else:
+                img = img.resize(size, bilinear, reducing_gap=None)
+        return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+    @classmethod
+    def of(cls, size: int | Square) -> Square:
+        return size if isinstance(size, Square) else cls(size)
 
 
-def decode_square(dataset: MultilabelImages, row: int, size: int) -> np.ndarray:
+def square_pixels(img: Image.Image, size: int | Square) -> np.ndarray:
+    """An RGB image as the cache stores it: uint8 (3, S, S); an int S squashes (mlic's only way before
+    `data.resize`)."""
+    return Square.of(size)(img)
+
+
+def decode_square(dataset: MultilabelImages, row: int, size: int | Square) -> np.ndarray:
     return square_pixels(dataset.read(row), size)
 
 
@@ -90,14 +124,14 @@ class _RowWriter:
     """Decodes rows into the partial file and makes them durable (`fdatasync`) before returning, so a row
     is never marked done before it is on disk, even if the machine goes down."""
 
-    def __init__(self, decode: Callable, size: int, path: Path, data_offset: int):
-        self.decode, self.size, self.data_offset = decode, size, data_offset
+    def __init__(self, decode: Callable, square: Square, path: Path, data_offset: int):
+        self.decode, self.square, self.data_offset = decode, square, data_offset
         self.fd = os.open(path, os.O_WRONLY)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        row_bytes = 3 * self.size * self.size
+        row_bytes = 3 * self.square.side ** 2
         for row in rows.tolist():
-            os.pwrite(self.fd, square_pixels(self.decode(row).image, self.size), self.data_offset + row * row_bytes)
+            os.pwrite(self.fd, self.square(self.decode(row).image), self.data_offset + row * row_bytes)
         os.fdatasync(self.fd)
         return rows
 
@@ -108,9 +142,9 @@ class _RowWriter:
 _worker_writer: _RowWriter | None = None  # one per pool worker process
 
 
-def _start_worker(decode_pickle: bytes, size: int, path: Path, data_offset: int) -> None:
+def _start_worker(decode_pickle: bytes, square: Square, path: Path, data_offset: int) -> None:
     global _worker_writer
-    _worker_writer = _RowWriter(pickle.loads(decode_pickle), size, path, data_offset)
+    _worker_writer = _RowWriter(pickle.loads(decode_pickle), square, path, data_offset)
 
 
 def _worker_write(rows: np.ndarray) -> np.ndarray:
@@ -180,12 +214,12 @@ def _pickled_for_workers(decode: Callable) -> bytes | None:
         return None
 
 
-def _decode_rows(decode: Callable, size: int, partial: Path, data_offset: int, chunks: list[np.ndarray],
+def _decode_rows(decode: Callable, square: Square, partial: Path, data_offset: int, chunks: list[np.ndarray],
                  workers: int, decode_pickle: bytes | None, done_fd: int, bar) -> None:
     """Decode `chunks` (with threads of this process when `decode_pickle` is None, else with worker processes),
     marking each chunk done once it is on disk."""
     if decode_pickle is None:  # PIL releases the GIL for part of a decode: a few threads still help
-        writer, threads = _RowWriter(decode, size, partial, data_offset), min(workers, IN_PROCESS_THREADS)
+        writer, threads = _RowWriter(decode, square, partial, data_offset), min(workers, IN_PROCESS_THREADS)
         try:
             if threads == 1:  # in order: an error stops at its chunk
                 for rows in chunks:
@@ -198,7 +232,7 @@ def _decode_rows(decode: Callable, size: int, partial: Path, data_offset: int, c
             writer.close()
         return
     pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),  # fork is unsafe once torch runs
-                               initializer=_start_worker, initargs=(decode_pickle, size, partial, data_offset))
+                               initializer=_start_worker, initargs=(decode_pickle, square, partial, data_offset))
     # wait=False: the workers' exit (~1 s: torch's teardown) need not hold us, nor running chunks an interrupt
     _collect(pool, [pool.submit(_worker_write, rows) for rows in chunks], done_fd, bar, wait=False)
 
@@ -228,7 +262,7 @@ def _collect(pool, futures: list, done_fd: int, bar, wait: bool) -> None:
         raise error
 
 
-def build_cache(dataset: MultilabelImages, size: int, cache_dir: str | Path, workers: int | None = None,
+def build_cache(dataset: MultilabelImages, size: int | Square, cache_dir: str | Path, workers: int | None = None,
                 rows: np.ndarray | None = None) -> Path:
     """Decode `rows` of the full dataset (None: every row) once, with `workers` processes (None: one per
     core); reuse the file afterwards. The file has a slot for every row of the dataset; the rows left out
@@ -239,12 +273,13 @@ def build_cache(dataset: MultilabelImages, size: int, cache_dir: str | Path, wor
     path.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(path):
         if not path.exists():  # else another process built it while this one waited
-            _build(dataset, size, path, default_workers() if workers is None else max(1, workers), rows)
+            _build(dataset, Square.of(size), path, default_workers() if workers is None else max(1, workers), rows)
     return path
 
 
-def _build(dataset: MultilabelImages, size: int, path: Path, workers: int, rows: np.ndarray | None) -> None:
-    n, row_bytes = len(dataset), 3 * size * size
+def _build(dataset: MultilabelImages, square: Square, path: Path, workers: int, rows: np.ndarray | None) -> None:
+    n, size = len(dataset), square.side
+    row_bytes = 3 * size * size
     wanted = np.arange(n) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
     partial, done_path = path.with_name(f"{path.name}.partial"), path.with_name(f"{path.name}.done")
     done = _done_rows(partial, done_path, n, size)
@@ -253,13 +288,14 @@ def _build(dataset: MultilabelImages, size: int, path: Path, workers: int, rows:
     faults.fill_point("cache", path.parent)
     _check_space(path.parent, needed, size, partial)
     with writing("the image cache", path.parent, needed, point="cache-rows"):  # the disk filled up meanwhile
-        _decode_all(dataset, size, path, workers, wanted, todo, done, partial, done_path, rows)
+        _decode_all(dataset, square, path, workers, wanted, todo, done, partial, done_path, rows)
 
 
-def _decode_all(dataset: MultilabelImages, size: int, path: Path, workers: int, wanted: np.ndarray,
+def _decode_all(dataset: MultilabelImages, square: Square, path: Path, workers: int, wanted: np.ndarray,
                 todo: np.ndarray, done: np.ndarray | None, partial: Path, done_path: Path,
                 rows: np.ndarray | None) -> None:
-    n, row_bytes = len(dataset), 3 * size * size
+    n, size = len(dataset), square.side
+    row_bytes = 3 * size * size
     finished = len(wanted) - len(todo)
     chunks = _chunks(todo)
     workers = max(1, min(workers, len(chunks)))
@@ -278,7 +314,7 @@ def _decode_all(dataset: MultilabelImages, size: int, path: Path, workers: int, 
     bar = tqdm(total=len(wanted), initial=finished, desc="image cache", unit="img", leave=False,
                disable=None)  # disable=None: no bar when stderr is not a terminal
     try:
-        _decode_rows(dataset.decode, size, partial, data_offset, chunks, workers, decode_pickle, done_fd, bar)
+        _decode_rows(dataset.decode, square, partial, data_offset, chunks, workers, decode_pickle, done_fd, bar)
     except DataError as exc:  # an unreadable image: what is decoded stays, for a rerun on the same data
         kept = int(np.fromfile(done_path, dtype=np.uint8)[wanted].sum())
         if not kept:
@@ -292,6 +328,7 @@ def _decode_all(dataset: MultilabelImages, size: int, path: Path, workers: int, 
         bar.close()
     os.replace(partial, path)
     path.with_suffix(".json").write_text(json.dumps({"source": dataset.source, "images": n, "size": size,
+                                                     "resize": square.resize,
                                                      "left_out": _left_out(n, rows).tolist()}))
     done_path.unlink()
 

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mlic.data.cache import CachedImages, NoSpaceForCache, build_cache, collate_batch
+from mlic.data.cache import CachedImages, NoSpaceForCache, Square, build_cache, collate_batch
 from mlic.data.datasets import MultilabelImages, Transformed, load_dataset
 from mlic.data.demo import cache_home
+from mlic.data.resolution import resolve_cache_size
 from mlic.data.split import stratified_split, with_val_split
 from mlic.data.transforms import DeviceTransform, per_image_transform
 from mlic.errors import ConfigError, DataError, some
@@ -63,8 +64,9 @@ class PassThrough(torch.nn.Module):
 
 
 def use_cache(cfg_data, num_images: int) -> bool:
-    if cfg_data.cache == "auto":
-        return num_images * 3 * cfg_data.cache_size**2 <= CACHE_AUTO_LIMIT
+    if cfg_data.cache == "auto":  # a cache_size still "auto" (not resolved yet): estimated at the course's 128
+        side = cfg_data.cache_size if cfg_data.cache_size != "auto" else 128
+        return num_images * 3 * side**2 <= CACHE_AUTO_LIMIT
     return cfg_data.cache == "on"
 
 
@@ -131,7 +133,10 @@ def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) 
     dataset, train_idx, val_idx = split
     size, mode = preprocess.size, preprocess.interpolation
     used = np.union1d(train_idx, val_idx)
+    if cfg.data.cache_size == "auto":  # build_run resolves (and records) it first; other callers get it here
+        cfg, _ = resolve_cache_size(cfg, dataset, used, preprocess)
     cached = use_cache(cfg.data, len(dataset))  # the cache file has a slot for every row
+    square = Square(cfg.data.cache_size, cfg.data.resize, cfg.data.background)
     world = accelerator.num_processes
     common = {"num_workers": cfg.data.num_workers, "pin_memory": torch.cuda.is_available(),
               "persistent_workers": cfg.data.num_workers > 0}
@@ -140,7 +145,7 @@ def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) 
         rows = None if len(used) == len(dataset) else used
         with accelerator.local_main_process_first():
             try:
-                path = build_cache(dataset, cfg.data.cache_size, cache_dir, rows=rows)  # every core of the node
+                path = build_cache(dataset, square, cache_dir, rows=rows)  # every core of the node
             except NoSpaceForCache:
                 raise
             except DataError as exc:  # an unreadable image: the cache is the first to decode every one
@@ -148,11 +153,14 @@ def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) 
                                 "leaves unreadable images out of training") from None
         train_source = val_source = CachedImages(path, dataset.labels)
         common["collate_fn"] = collate_batch
-        train_transform = DeviceTransform(size, preprocess.mean, preprocess.std, cfg.augment, channels_last, mode)
-        eval_transform = DeviceTransform(size, preprocess.mean, preprocess.std, None, channels_last, mode)
+        shape = {"resize": cfg.data.resize, "crop_pct": preprocess.crop_pct}
+        train_transform = DeviceTransform(size, preprocess.mean, preprocess.std, cfg.augment, channels_last, mode, **shape)
+        eval_transform = DeviceTransform(size, preprocess.mean, preprocess.std, None, channels_last, mode, **shape)
     else:
-        train_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std, cfg.augment, mode))
-        val_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std, None, mode))
+        shape = {"resize": cfg.data.resize, "crop_pct": preprocess.crop_pct, "background": cfg.data.background}
+        train_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std, cfg.augment,
+                                                                mode, **shape))
+        val_source = Transformed(dataset, per_image_transform(size, preprocess.mean, preprocess.std, None, mode, **shape))
         train_transform = eval_transform = PassThrough(channels_last)
     train, val = Subset(train_source, train_idx), Subset(val_source, val_idx)
     train_labels = dataset.labels.take(train_idx)

@@ -6,8 +6,11 @@ CutMix mix whole batches: `mlic.data.policies.mix_batch`, called by the engine o
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from mlic.data.policies import (
@@ -17,6 +20,7 @@ from mlic.data.policies import (
     adjust_saturation,
     rand_augment,
     random_erasing,
+    random_resized_crop,
     trivial_augment_wide,
 )
 
@@ -32,14 +36,35 @@ def _policy(aug) -> v2.Transform:
     return v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)
 
 
-def per_image_transform(size: int, mean, std, aug=None, interpolation: str = "bilinear") -> v2.Compose:
-    """The torchvision-reference path: PIL image -> normalised float tensor, augmented if `aug`."""
-    steps: list = [v2.ToImage()]  # uint8 ops, float last: torchvision's usual (and fastest) order
+class Letterbox:
+    """data.resize=pad on the per-image path: the longer side to `size`, centred on `background` (as the cache)."""
+
+    def __init__(self, size: int, background: str):
+        self.size, self.background = size, background
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return ImageOps.pad(img, (self.size, self.size), Image.Resampling.BILINEAR, color=self.background)
+
+
+def per_image_transform(size: int, mean, std, aug=None, interpolation: str = "bilinear", resize: str = "squash",
+                        crop_pct: float = 1.0, background: str = "white") -> v2.Compose:
+    """The torchvision-reference path: PIL image -> normalised float tensor, augmented if `aug`; a non-square
+    image becomes the input square by `resize` (see `mlic.data.cache.Square`), or in training by a random
+    resized crop (`augment.random_resized_crop`)."""
     augment = aug is not None and aug.enabled
+    mode = v2.InterpolationMode(interpolation)
+    rrc = augment and aug.random_resized_crop
+    steps: list = [Letterbox(size, background)] if resize == "pad" and not rrc else []
+    steps.append(v2.ToImage())  # uint8 ops, float last: torchvision's usual (and fastest) order
+    if rrc:
+        steps.append(v2.RandomResizedCrop(size, tuple(aug.crop_scale), tuple(aug.crop_ratio), mode, antialias=True))
     if augment:
         steps += [v2.RandomHorizontalFlip(aug.hflip), v2.RandomVerticalFlip(aug.vflip), _policy(aug)]
-    mode = v2.InterpolationMode(interpolation)
-    steps += [v2.Resize((size, size), interpolation=mode, antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if resize == "crop" and not rrc:  # timm's evaluation: the shorter side to size / crop_pct, centre crop
+        steps += [v2.Resize(math.floor(size / crop_pct), interpolation=mode, antialias=True), v2.CenterCrop(size)]
+    elif not rrc:
+        steps.append(v2.Resize((size, size), interpolation=mode, antialias=True))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if augment and aug.cutout > 0:  # after Normalize, value 0 is the mean colour, as on the device
         steps.append(v2.RandomErasing(p=aug.cutout, scale=tuple(aug.cutout_scale), value=0))
     return v2.Compose(steps)
@@ -55,9 +80,10 @@ class DeviceTransform(torch.nn.Module):
     (torchvision permutes the order per image).
     """
 
-    def __init__(self, size: int, mean, std, aug=None, channels_last: bool = False, interpolation: str = "bilinear"):
+    def __init__(self, size: int, mean, std, aug=None, channels_last: bool = False, interpolation: str = "bilinear",
+                 resize: str = "squash", crop_pct: float = 1.0):
         super().__init__()
-        self.size = size
+        self.size, self.resize, self.crop_pct = size, resize, crop_pct
         self.interpolation = interpolation
         self.aug = aug if aug is not None and aug.enabled else None
         self.channels_last = channels_last
@@ -71,20 +97,41 @@ class DeviceTransform(torch.nn.Module):
         # are in pixels, so they move a picture further at the smaller size)
         shrink = x.shape[-1] > self.size
         if shrink:
-            x = self._resize(x)
+            x = self._to_input(x, generator)
         if self.aug is not None:
             x = self._augment(x, generator)
         if not shrink:
-            x = self._resize(x)
+            x = self._to_input(x, generator)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         if self.aug is not None and self.aug.cutout > 0:  # 0 after normalising: the mean colour, as torchvision's
             x = random_erasing(x, generator, self.aug.cutout, tuple(self.aug.cutout_scale))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] == (self.size, self.size):
+    @classmethod
+    def evaluating(cls, preprocess: dict, resize: str = "squash") -> DeviceTransform:
+        """The evaluation transform of an exported model (`preprocess` of its config.json; folders from before
+        `interpolation`, `crop_pct` or `data.resize` were recorded: bilinear, 1.0, squash)."""
+        return cls(preprocess["size"], preprocess["mean"], preprocess["std"],
+                   interpolation=preprocess.get("interpolation", "bilinear"), resize=resize,
+                   crop_pct=preprocess.get("crop_pct", 1.0))
+
+    def _to_input(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The cached square to the input square: in training a random resized crop (augment.random_resized_crop),
+        else with data.resize=crop timm's evaluation crop (to size / crop_pct, centre crop), else a resize."""
+        if self.aug is not None and self.aug.random_resized_crop:
+            return random_resized_crop(x, generator, self.size, tuple(self.aug.crop_scale), tuple(self.aug.crop_ratio),
+                                       self.interpolation)
+        if self.resize != "crop" or self.crop_pct >= 1:
+            return self._resize(x, self.size)
+        x = self._resize(x, math.floor(self.size / self.crop_pct))
+        top = int(round((x.shape[-2] - self.size) / 2.0))  # torchvision's CenterCrop offsets
+        left = int(round((x.shape[-1] - self.size) / 2.0))
+        return x[..., top:top + self.size, left:left + self.size]
+
+    def _resize(self, x: torch.Tensor, side: int) -> torch.Tensor:
+        if x.shape[-2:] == (side, side):
             return x
-        x = F.interpolate(x, size=(self.size, self.size), mode=self.interpolation, antialias=True, align_corners=False)
+        x = F.interpolate(x, size=(side, side), mode=self.interpolation, antialias=True, align_corners=False)
         # bicubic overshoots [0, 1]; the per-image path resizes uint8, which clamps: match it
         return x.clamp_(0, 1) if self.interpolation == "bicubic" else x
 

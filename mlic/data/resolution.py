@@ -1,0 +1,62 @@
+"""`data.cache_size: auto`: the side the training needs, never more than the images have.
+
+The cache stores each image once as a square; the model takes its input from that square. Too small a square
+throws away detail the backbone was trained to see (a 640 x 480 photo squashed to 128 and upsampled to 224);
+larger than the images is upsampling stored on disk. So auto is the model's input side, or the side a crop
+samples from (the input / crop_pct, timm's evaluation resize, under `data.resize=crop` or
+`augment.random_resized_crop`), capped by the largest shorter side among the images (their headers, for up to
+HEADERS of them, seeded). The course corpus (128 x 128) therefore caches at 128 as it always did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+from mlic.data.datasets import MultilabelImages
+
+HEADERS = 1024  # images whose size is read: enough to find the large ones, seconds on any disk
+
+
+def needed_side(cfg, preprocess) -> int:
+    """The side the model's input is taken from: the input, or input / crop_pct when it is cropped."""
+    crops = cfg.data.resize == "crop" or (cfg.augment.enabled and cfg.augment.random_resized_crop)
+    return math.floor(preprocess.size / preprocess.crop_pct) if crops else preprocess.size
+
+
+def shorter_side(dataset: MultilabelImages, row: int) -> int | None:
+    """The image's shorter side: from the file's header where the format reads files, else decoded; None when
+    it cannot be read (check-data and the cache build name it)."""
+    paths = getattr(dataset.decode, "paths", None)
+    try:
+        if paths is not None:
+            with Image.open(paths[row]) as img:
+                return min(img.size)
+        return min(dataset.read(row).size)
+    except Exception:  # an unreadable image: not this function's to report
+        return None
+
+
+def largest_side(dataset: MultilabelImages, rows: np.ndarray, seed: int) -> int | None:
+    """The largest shorter side among up to HEADERS of `rows` (the same ones for the same data and seed)."""
+    if len(rows) > HEADERS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, HEADERS, replace=False))
+    sides = [s for s in (shorter_side(dataset, int(r)) for r in rows) if s is not None]
+    return max(sides) if sides else None
+
+
+def resolve_cache_size(cfg, dataset: MultilabelImages, rows: np.ndarray, preprocess):
+    """(cfg with data.cache_size a number, a note when the cache is smaller than the model's input, else None)."""
+    need = needed_side(cfg, preprocess)
+    have = largest_side(dataset, rows, cfg.data.seed) if cfg.data.cache_size == "auto" else None
+    side = cfg.data.cache_size if cfg.data.cache_size != "auto" else min(need, have or need)
+    note = None
+    if side < preprocess.size:
+        why = (f"the images are at most {have} px on their shorter side" if cfg.data.cache_size == "auto" else
+               f"data.cache_size={side} (auto would take up to {need})")
+        note = (f"note: {why}: the image cache holds {side} x {side} squares and the model sees them resized up to "
+                f"its {preprocess.size} x {preprocess.size} input")
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_size=side)), note
