@@ -164,8 +164,16 @@ def test_a_timm_vit_fine_tunes_and_predicts_at_320_from_224_weights_loaded_stric
     assert meta["preprocess"]["size"] == 320 and meta["architecture"]["timm"]["kwargs"] == {"img_size": 320}
     assert load_file(run / "model" / "model.safetensors")["backbone.pos_embed"].shape == (1, 401, 192)
     _, _, probs, _, dataset, rows = evaluate_model(run / "model", None, "val")
-    predicted = mlic.load_model(run / "model", device="cpu").predict([dataset.decode.paths[r] for r in rows[:4]])
+    paths = [dataset.decode.paths[r] for r in rows[:4]]
+    predicted = mlic.load_model(run / "model", device="cpu").predict(paths)
     np.testing.assert_allclose(predicted.probabilities, probs[:4], atol=1e-5)  # rebuilt at 320 from the record
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    assert main(["export", str(run / "model"), "--onnx", str(tmp_path / "vit.onnx")]) == 0  # 128-px squares in
+    squares = np.stack([np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1) for p in paths])  # already 128
+    onnx_probs = onnxruntime.InferenceSession(str(tmp_path / "vit.onnx")).run(None, {"images": squares})[0]
+    np.testing.assert_allclose(onnx_probs, probs[:4], atol=1e-4)  # resized to 320 inside the graph
 
 
 def test_random_resized_crop_draws_per_image_from_the_step_generator_on_both_paths():
