@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from mlic.data import cache
-from mlic.data.datasets import load_helsinki
 from mlic.data.demo import write_demo_data
+from mlic.data.registry import load_helsinki
 
 
 def thread_build(dataset, size: int, out: Path, workers: int) -> None:

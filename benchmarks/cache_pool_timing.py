@@ -30,8 +30,8 @@ def my_task(rows, sync):
     return os.getpid(), t - T0, time.time() - t
 
 if __name__ == "__main__":
-    from mlic.data.datasets import load_helsinki
     from mlic.data.demo import demo_root
+    from mlic.data.registry import load_helsinki
     ds = load_helsinki(demo_root(8000, 0))
     out = os.environ.get("TMPDIR", "/tmp")
     for sync in (True, False):

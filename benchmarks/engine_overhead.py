@@ -32,8 +32,8 @@ import torch
 
 from mlic.config import load_config
 from mlic.data.cache import build_cache, open_cache
-from mlic.data.datasets import load_helsinki
 from mlic.data.demo import write_demo_data
+from mlic.data.registry import load_helsinki
 from mlic.data.split import stratified_split
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mlic.models import build_model

@@ -35,8 +35,8 @@ import torch
 
 from mlic.config import AugmentConfig, load_config
 from mlic.data.cache import CachedImages, build_cache, collate_batch
-from mlic.data.datasets import load_helsinki
 from mlic.data.demo import write_demo_data
+from mlic.data.registry import load_helsinki
 from mlic.data.transforms import DeviceTransform
 from mlic.engine import build_optimizer
 from mlic.models import build_model, is_cnn

@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader
 
 from mlic.config import AugmentConfig
 from mlic.data.cache import CachedImages, build_cache, collate_batch, open_cache
-from mlic.data.datasets import Transformed, load_helsinki
+from mlic.data.datasets import Transformed
 from mlic.data.demo import write_demo_data
+from mlic.data.registry import load_helsinki
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DeviceTransform, per_image_transform
 from mlic.sampler import MultilabelBalancedSampler
 

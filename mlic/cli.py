@@ -7,11 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from mlic.config import CONFIGS
 from mlic.errors import MlicError
-
-# The experiment configs: the top-level configs/ of a checkout, reached through the symlink
-# mlic/configs, and a real folder inside an installed wheel. Either way next to this package.
-CONFIGS = (Path(__file__).resolve().parent / "configs").resolve()
 
 
 def default_config(model: str) -> Path:

@@ -18,6 +18,9 @@ from mlic.disk import replace_text
 from mlic.errors import ConfigError
 from mlic.ranges import PROBABILITY, SEED, Items, Rule, Text, above, at_least, between, check_config
 
+# The experiment configs: the top-level configs/ of a checkout, reached through the symlink mlic/configs, and a
+# real folder inside an installed wheel. Either way next to this package.
+CONFIGS = (Path(__file__).resolve().parent / "configs").resolve()
 
 @dataclass
 class DataConfig:

@@ -17,16 +17,10 @@ from torch.utils.data import DataLoader, Subset
 
 from mlic.config import Config, config_from_dict
 from mlic.data.cache import Square, decode_square
-from mlic.data.datasets import (
-    IMAGE_SUFFIXES,
-    DecodeFiles,
-    MultilabelImages,
-    Transformed,
-    decode_problems,
-    load_dataset,
-)
+from mlic.data.datasets import IMAGE_SUFFIXES, DecodeFiles, MultilabelImages, Transformed, decode_problems
 from mlic.data.decode import DecodeSettings
 from mlic.data.pipeline import PassThrough, load_split
+from mlic.data.registry import load_dataset
 from mlic.data.transforms import DeviceTransform, per_image_transform
 from mlic.errors import DataError, MlicError, some
 from mlic.export import INFERENCE, load_exported

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlic.cli import CONFIGS
+from mlic.config import CONFIGS
 from mlic.errors import MlicError
 
 # A model name -> the training entry (train/<entry>.py, `mlic train <entry>`) whose family it belongs to.

@@ -13,8 +13,9 @@ from PIL import Image
 
 from mlic.cli import main
 from mlic.config import DataConfig
-from mlic.data.datasets import label_name_problems, load_dataset
+from mlic.data.datasets import label_name_problems
 from mlic.data.formats import parse_helsinki
+from mlic.data.registry import load_dataset
 from mlic.data.split import rarest_label_split, stratified_split
 from mlic.errors import DataError
 from mlic.labels import LabelMatrix
@@ -233,7 +234,7 @@ def test_the_split_stratifies_by_the_positives_only():
 
 
 def test_coco_names_one_file_twice_or_one_outside_root(tmp_path):
-    from mlic.data.formats import parse
+    from mlic.data.registry import parse
     from tests.test_formats_standard import _coco
 
     other = tmp_path / "elsewhere.jpg"

@@ -15,8 +15,8 @@ from torch.utils.data import Subset
 from mlic.config import load_config
 from mlic.data import cache
 from mlic.data.cache import CachedImages, build_cache, cache_path, open_cache
-from mlic.data.datasets import load_helsinki
 from mlic.data.pipeline import build_data, load_split, use_cache
+from mlic.data.registry import load_helsinki
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mlic.errors import DataError
 from mlic.models import Preprocess
@@ -182,7 +182,7 @@ BUILDER = """
 import dataclasses, sys, time
 from pathlib import Path
 from mlic.data.cache import build_cache
-from mlic.data.datasets import load_helsinki
+from mlic.data.registry import load_helsinki
 
 root, out, gate = sys.argv[1:]
 ds = load_helsinki(root)

@@ -6,8 +6,8 @@ import pytest
 
 from mlic.cli import main
 from mlic.config import DataConfig, load_config
-from mlic.data.datasets import load_dataset
 from mlic.data.pipeline import build_data, load_split
+from mlic.data.registry import load_dataset
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mlic.errors import DataError
 from mlic.models import Preprocess

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from mlic.config import DataConfig
-from mlic.data.datasets import load_csv, load_dataset, load_helsinki, load_hf
 from mlic.data.demo import LABELS
 from mlic.data.formats import parse_helsinki
+from mlic.data.registry import load_csv, load_dataset, load_helsinki, load_hf
 from mlic.data.split import stratified_split
 from mlic.errors import DataError
 

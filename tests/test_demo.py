@@ -3,8 +3,8 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from mlic.data.datasets import load_helsinki
 from mlic.data.demo import LABELS, write_demo_data
+from mlic.data.registry import load_helsinki
 
 
 def _digest(root):

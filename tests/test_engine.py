@@ -63,8 +63,8 @@ def test_demo_recipe_beats_trivial_baselines(tmp_path):
     (all-negative, all-positive, or each label drawn at its prior rate)."""
     run = tmp_path / "run"
     last = _fit([f"run.output_dir={run}"])
-    from mlic.data.datasets import load_helsinki
     from mlic.data.demo import demo_root
+    from mlic.data.registry import load_helsinki
     from mlic.metrics import compute_metrics
 
     y = load_helsinki(demo_root()).targets

@@ -214,7 +214,7 @@ def test_half_done_export_is_recovered(tmp_path):
 def test_fuzzed_annotation_files_are_accepted_or_a_data_error(tmp_path, lines):
     from PIL import Image
 
-    from mlic.data.datasets import load_helsinki
+    from mlic.data.registry import load_helsinki
 
     root = tmp_path / "fuzz"
     (root / "images").mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,8 @@ from PIL import Image
 from mlic.cli import main
 from mlic.config import DataConfig
 from mlic.data.benchmark_formats import VOC_CLASSES
-from mlic.data.datasets import check_command, load_dataset
-from mlic.data.formats import parse
 from mlic.data.openimages import class_descriptions
+from mlic.data.registry import check_command, load_dataset, parse
 from mlic.errors import DataError
 
 

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from mlic.cli import main
-from mlic.data.datasets import load_helsinki
 from mlic.data.demo import LABELS
+from mlic.data.registry import load_helsinki
 from mlic.metrics import compute_metrics
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mlic.config import load_config
-from mlic.data.datasets import load_helsinki
 from mlic.data.mosaic import FASHION_DIR, write_mosaics
+from mlic.data.registry import load_helsinki
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")

@@ -6,8 +6,8 @@ import pytest
 
 from mlic.cli import main
 from mlic.config import load_config
-from mlic.data.datasets import load_helsinki
 from mlic.data.mosaic import FASHION_DIR, write_mosaics
+from mlic.data.registry import load_helsinki
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")

@@ -7,7 +7,7 @@ import torch
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler
 
-from mlic.data.datasets import load_helsinki
+from mlic.data.registry import load_helsinki
 from mlic.labels import LabelMatrix
 from mlic.sampler import MultilabelBalancedSampler, ShuffleSampler
 

@@ -17,9 +17,16 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from mlic.data.datasets import DecodeFiles, MultilabelImages, Problem, file_problems, label_name_problems
+from mlic.data.datasets import (
+    DecodeFiles,
+    MultilabelImages,
+    Parsed,
+    Problem,
+    file_fingerprint,
+    file_problems,
+    label_name_problems,
+)
 from mlic.data.decode import DecodeSettings
-from mlic.data.formats import Parsed, _file_fingerprint
 from mlic.errors import some
 from mlic.labels import LabelMatrix
 
@@ -89,7 +96,7 @@ def parse_coco(root, split: str | None = None, labels: Collection[str] | None = 
     target = LabelMatrix.from_pairs(rows, cols, len(files), len(label_names))
     paths = FolderPaths(images_dir, files)
     problems += file_problems(paths, files)
-    fingerprint = _file_fingerprint([ann_file, *paths], f"coco|{split}|{settings.key}")
+    fingerprint = file_fingerprint([ann_file, *paths], f"coco|{split}|{settings.key}")
     return MultilabelImages(label_names, target, files, DecodeFolder(images_dir, files, settings), str(ann_file),
                             fingerprint), problems
 
@@ -266,7 +273,7 @@ def parse_voc(root, split: str | None = None, voc_difficult: str = "ignore", lab
     settings = settings or DecodeSettings.from_config()
     xmls = [root / "Annotations" / f"{i}.xml" for i in ids]
     problems += file_problems(FolderPaths(jpeg_dir, names), names)
-    fingerprint = _file_fingerprint([split_file, *xmls, *FolderPaths(jpeg_dir, names)], f"voc|{settings.key}")
+    fingerprint = file_fingerprint([split_file, *xmls, *FolderPaths(jpeg_dir, names)], f"voc|{settings.key}")
     return MultilabelImages(list(VOC_CLASSES), target, names, DecodeFolder(jpeg_dir, names, settings), str(root),
                             fingerprint), problems
 

@@ -15,7 +15,7 @@ from collections.abc import Collection
 
 from mlic.config import DataConfig
 from mlic.data.decode import DecodeReport, DecodeSettings
-from mlic.data.formats import parse
+from mlic.data.registry import parse
 from mlic.labels import LabelMatrix
 
 
@@ -24,7 +24,7 @@ def check_data(root, fmt: str = "helsinki", labels: Collection[str] | None = Non
                max_pixels: int | None = None, voc_difficult: str = "ignore", class_list: str | None = None
                ) -> tuple[list[str], list[str], list[str]]:
     """(problem lines, warning lines (the parser's, then the conversions'), notes). `max_pixels`: data.max_pixels (default:
-    DataConfig's); `split`, `voc_difficult`, `class_list`: as `mlic.data.formats.parse` takes them."""
+    DataConfig's); `split`, `voc_difficult`, `class_list`: as `mlic.data.registry.parse` takes them."""
     cfg_data = DataConfig() if max_pixels is None else DataConfig(max_pixels=max_pixels)
     report = DecodeReport()
     dataset, problems = parse(fmt, root, image_column=image_column, label_column=label_column, split=split,

@@ -8,6 +8,7 @@ the image `read(i)` (decoded by `mlic.data.decode.decode_image`) with target `ta
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import stat
@@ -222,23 +223,6 @@ def decode_problems(dataset: MultilabelImages, workers: int = 4, report: DecodeR
     return [p for p in outcomes if isinstance(p, Problem)]
 
 
-def check_command(fmt: str, root, image_column: str = "image", label_column: str = "labels",
-                  split: str | None = None, voc_difficult: str = "ignore", class_list: str | None = None) -> str:
-    """The `mlic check-data` command that lists every problem of this dataset (split None: the format's
-    default; only the flags that differ from check-data's defaults are written)."""
-    flags = "" if fmt == "helsinki" else f" --format {fmt}"
-    given = {"--split": split}
-    if fmt == "hf":
-        given.update({"--image-column": image_column, "--label-column": label_column})
-        given["--split"] = None if split == "train" else split
-    given["--voc-difficult"] = voc_difficult if fmt == "voc" and voc_difficult != "ignore" else None
-    given["--class-list"] = class_list if fmt == "openimages" else None
-    defaults = {"--image-column": "image", "--label-column": "labels"}
-    flags += "".join(f" {flag} {value}" for flag, value in given.items()
-                     if value is not None and value != defaults.get(flag))
-    return f"mlic check-data{flags} {root}"
-
-
 def usable_rows(dataset: MultilabelImages | None, problems: Sequence[Problem], check: str,
                 skip_unreadable: bool = False) -> np.ndarray:
     """The rows to use: every row, less the unreadable images when `skip_unreadable`. Any other problem
@@ -263,50 +247,18 @@ def image_number(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def load_helsinki(root: str | Path) -> MultilabelImages:
-    """The helsinki parser's dataset; a DataError on any problem it finds (images are not decoded)."""
-    from mlic.data.formats import parse_helsinki
-
-    dataset, problems = parse_helsinki(root)
-    usable_rows(dataset, problems, check_command("helsinki", root))
-    return dataset
+Parsed = tuple[MultilabelImages | None, list[Problem]]  # what a format's parser returns
 
 
-def load_csv(root: str | Path) -> MultilabelImages:
-    from mlic.data.formats import parse_csv
-
-    dataset, problems = parse_csv(root)
-    usable_rows(dataset, problems, check_command("csv", root))
-    return dataset
-
-
-def load_hf(root: str, image_column: str = "image", label_column: str = "labels", split: str = "train"
-            ) -> MultilabelImages:
-    from mlic.data.formats import parse_hf
-
-    dataset, problems = parse_hf(root, image_column, label_column, split)
-    usable_rows(dataset, problems, check_command("hf", root, image_column, label_column, split))
-    return dataset
-
-
-def load_dataset(cfg_data, workers: int = 4) -> tuple[MultilabelImages, np.ndarray]:
-    """The dataset named by a DataConfig (`data.root` None means the embedded demo corpus) and the rows
-    to use: all of them, less the unreadable images under `data.skip_bad` (found by decoding every
-    image, which happens only then). Any other problem is a DataError."""
-    from mlic.data.formats import parse
-
-    root = cfg_data.root
-    if root is None:
-        from mlic.data.demo import demo_root
-
-        root = str(demo_root(cfg_data.demo_images, cfg_data.demo_seed))
-    # hf keeps its own key (data.hf_split); data.split, when set, names the split for every format
-    split = (cfg_data.split or cfg_data.hf_split) if cfg_data.format == "hf" else cfg_data.split
-    dataset, problems = parse(cfg_data.format, root, image_column=cfg_data.image_column,
-                              label_column=cfg_data.label_column, split=split,
-                              settings=DecodeSettings.from_config(cfg_data), decode=cfg_data.skip_bad,
-                              workers=workers, voc_difficult=cfg_data.voc_difficult, class_list=cfg_data.class_list)
-    check = check_command(cfg_data.format, root, cfg_data.image_column, cfg_data.label_column, split,
-                          cfg_data.voc_difficult, cfg_data.class_list)
-    return dataset, usable_rows(dataset, problems, check, skip_unreadable=cfg_data.skip_bad)
-
+def file_fingerprint(paths: Sequence[Path], extra: str) -> str:
+    """Changes when a file's size or mtime does. Any path is hashed (as its bytes: a name need not be
+    UTF-8); one that cannot be stat'ed (a broken link, a problem of its own) counts as size -1."""
+    h = hashlib.sha1(os.fsencode(extra))
+    for p in paths:
+        try:
+            st = os.stat(p)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, 0
+        h.update(os.fsencode(p) + f"|{size}|{mtime}\n".encode())
+    return h.hexdigest()[:16]

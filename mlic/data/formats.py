@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import io
 import os
 import stat
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -21,70 +20,17 @@ import numpy as np
 from mlic.data.datasets import (
     DecodeFiles,
     MultilabelImages,
+    Parsed,
     Problem,
-    decode_problems,
+    file_fingerprint,
     file_problems,
     image_number,
     label_name_problems,
     unreadable_file,
 )
-from mlic.data.decode import DecodeReport, DecodeSettings, decode_image
+from mlic.data.decode import DecodeSettings, decode_image
 from mlic.errors import DataError, some
 from mlic.labels import LabelMatrix
-
-Parsed = tuple[MultilabelImages | None, list[Problem]]
-
-
-def _file_fingerprint(paths: Sequence[Path], extra: str) -> str:
-    """Changes when a file's size or mtime does. Any path is hashed (as its bytes: a name need not be
-    UTF-8); one that cannot be stat'ed (a broken link, a problem of its own) counts as size -1."""
-    h = hashlib.sha1(os.fsencode(extra))
-    for p in paths:
-        try:
-            st = os.stat(p)
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size, mtime = -1, 0
-        h.update(os.fsencode(p) + f"|{size}|{mtime}\n".encode())
-    return h.hexdigest()[:16]
-
-
-FORMATS = ("helsinki", "csv", "hf", "coco", "voc", "openimages")
-
-
-def parse(fmt: str, root, *, image_column: str = "image", label_column: str = "labels", split: str | None = None,
-          labels: Collection[str] | None = None, settings: DecodeSettings | None = None, decode: bool = False,
-          workers: int = 4, report: DecodeReport | None = None, voc_difficult: str = "ignore",
-          class_list: str | None = None) -> Parsed:
-    """The format's parser; with `decode`, also every image that cannot be decoded (a Problem with its
-    row), and into `report` the conversions the others took. `labels`: the known label names; others
-    are problems. `settings`: how images are decoded (default: DataConfig's). `split`: the split the
-    format reads (hf: of a DatasetDict, default train; csv: ROOT/{split}.csv; coco, voc, openimages: their
-    split files); None is the format's default. `voc_difficult`, `class_list`: voc's and openimages' own
-    (DataConfig)."""
-    from mlic.data import (
-        benchmark_formats as bench,  # imported here: formats.py is imported by datasets users
-    )
-    from mlic.data.openimages import parse_openimages
-
-    settings = settings or DecodeSettings.from_config()
-    if fmt == "helsinki":
-        dataset, problems = parse_helsinki(root, labels, settings)
-    elif fmt == "csv":
-        dataset, problems = parse_csv(root, labels, settings, split)
-    elif fmt == "hf":
-        dataset, problems = parse_hf(root, image_column, label_column, split or "train", labels, settings)
-    elif fmt == "coco":
-        dataset, problems = bench.parse_coco(root, split, labels, settings)
-    elif fmt == "voc":
-        dataset, problems = bench.parse_voc(root, split, voc_difficult, labels, settings)
-    elif fmt == "openimages":
-        dataset, problems = parse_openimages(root, split, class_list, labels, settings)
-    else:
-        raise DataError(f"data.format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if decode and dataset is not None:
-        problems += decode_problems(dataset, workers, report, known_bad=[p.row for p in problems if p.row is not None])
-    return dataset, problems
 
 
 def parse_helsinki(root, labels: Collection[str] | None = None, settings: DecodeSettings | None = None) -> Parsed:
@@ -124,7 +70,7 @@ def parse_helsinki(root, labels: Collection[str] | None = None, settings: Decode
     problems += file_problems(paths, [p.name for p in paths])
     settings = settings or DecodeSettings.from_config()
     dataset = MultilabelImages(label_names, targets, [p.name for p in paths], DecodeFiles(paths, settings),
-                               str(root), _file_fingerprint(paths + ann_files, f"helsinki|{settings.key}"))
+                               str(root), file_fingerprint(paths + ann_files, f"helsinki|{settings.key}"))
     return dataset, problems
 
 
@@ -211,7 +157,7 @@ def parse_csv(root, labels: Collection[str] | None = None, settings: DecodeSetti
     problems += file_problems(paths, [rel for rel, _, _ in rows])
     settings = settings or DecodeSettings.from_config()
     dataset = MultilabelImages(label_names, target, [rel for rel, _, _ in rows], DecodeFiles(paths, settings),
-                               str(manifest), _file_fingerprint([manifest, *paths], f"csv|{settings.key}"))
+                               str(manifest), file_fingerprint([manifest, *paths], f"csv|{settings.key}"))
     return dataset, problems
 
 
@@ -347,7 +293,7 @@ def parse_hf(root: str, image_column: str = "image", label_column: str = "labels
                 for name in label_names if labels is not None and name not in labels]
     problems += label_name_problems(label_names, f"{root}:{label_column}")
     files = [Path(f["filename"]) for f in ds.cache_files]  # the dataset's arrow files: key the decoded cache
-    fingerprint = _file_fingerprint(files, f"hf|{root}|{split}|{image_column}|{label_column}|{settings.key}")
+    fingerprint = file_fingerprint(files, f"hf|{root}|{split}|{image_column}|{label_column}|{settings.key}")
     return MultilabelImages(label_names, targets, [f"{i}" for i in range(len(ds))], decode, root, fingerprint), problems
 
 

@@ -17,9 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from mlic.data.benchmark_formats import DecodeFolder, _unknown_labels
-from mlic.data.datasets import MultilabelImages, Problem, is_utf8, label_name_problems
+from mlic.data.datasets import (
+    MultilabelImages,
+    Parsed,
+    Problem,
+    file_fingerprint,
+    is_utf8,
+    label_name_problems,
+)
 from mlic.data.decode import DecodeSettings
-from mlic.data.formats import Parsed, _file_fingerprint
 from mlic.errors import some
 from mlic.labels import LabelMatrix
 
@@ -191,7 +197,7 @@ def _folder_fingerprint(label_file: Path, images_dir: Path, extra: str, num_file
     """9 M images cannot be stat'ed each time the dataset is opened: the folder's mtime (it changes when a
     file is added, removed or renamed into it) and its number of files stand for them."""
     folder = images_dir.stat()
-    return _file_fingerprint([label_file], f"{extra}|{folder.st_mtime_ns}|{num_files}|{settings.key}")
+    return file_fingerprint([label_file], f"{extra}|{folder.st_mtime_ns}|{num_files}|{settings.key}")
 
 
 def _descriptions_file(root: Path) -> Path | None:

@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from mlic.data.cache import CachedImages, NoSpaceForCache, Square, build_cache, collate_batch
-from mlic.data.datasets import MultilabelImages, Transformed, load_dataset
+from mlic.data.datasets import MultilabelImages, Transformed
 from mlic.data.demo import cache_home
+from mlic.data.registry import load_dataset
 from mlic.data.resolution import resolve_cache_size
 from mlic.data.split import stratified_split, with_val_split
 from mlic.data.transforms import DeviceTransform, per_image_transform
