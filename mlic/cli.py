@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from mlic.config import CONFIGS
+from mlic.config import CONFIGS, DATA_FORMATS
 from mlic.errors import MlicError
 
 
@@ -197,7 +197,7 @@ def _data_commands(sub) -> None:
 
     p = sub.add_parser("check-data", help="validate a dataset without training; exit 1 on any problem")
     p.add_argument("root")
-    p.add_argument("--format", choices=["helsinki", "csv", "hf", "coco", "voc", "openimages"], default="helsinki")
+    p.add_argument("--format", choices=DATA_FORMATS, default="helsinki")
     p.add_argument("--labels", help="comma-separated known label names: others are reported")
     p.add_argument("--image-column", default="image", help="hf: the image column (data.image_column)")
     p.add_argument("--label-column", default="labels", help="hf: the label column (data.label_column)")
@@ -257,7 +257,7 @@ def _model_commands(sub) -> None:
     p.add_argument("data_root", nargs="?", help="default: the data the model was trained on")
     p.add_argument("--split", choices=["val", "all"], default="val",
                    help="val: the run's validation split (same fraction and seed); all: every image")
-    p.add_argument("--format", choices=["helsinki", "csv", "hf"])
+    p.add_argument("--format", choices=DATA_FORMATS)
     p.add_argument("--json", help="write the summary and per-label figures here")
     p.set_defaults(func=_evaluate)
 

@@ -21,10 +21,12 @@ from mlic.ranges import PROBABILITY, SEED, Items, Rule, Text, above, at_least, b
 # The experiment configs: the top-level configs/ of a checkout, reached through the symlink mlic/configs, and a
 # real folder inside an installed wheel. Either way next to this package.
 CONFIGS = (Path(__file__).resolve().parent / "configs").resolve()
+# The dataset formats (their parsers: mlic.data.registry); `data.format` and every command's --format take these.
+DATA_FORMATS = ("helsinki", "csv", "hf", "coco", "voc", "openimages")
 
 @dataclass
 class DataConfig:
-    format: Literal["helsinki", "csv", "hf", "coco", "voc", "openimages"] = "helsinki"
+    format: Literal[DATA_FORMATS] = "helsinki"
     root: str | None = None  # None: the embedded demo dataset, generated on first use
     # The split file a format reads (coco: train2017 -> annotations/instances_train2017.json; voc: trainval ->
     # ImageSets/Main/trainval.txt; openimages: train -> train-annotations-human-imagelabels.csv; csv: NAME ->

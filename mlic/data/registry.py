@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlic.config import DATA_FORMATS
 from mlic.data.benchmark_formats import parse_coco, parse_voc
 from mlic.data.datasets import MultilabelImages, Parsed, decode_problems, usable_rows
 from mlic.data.decode import DecodeReport, DecodeSettings
@@ -20,7 +21,7 @@ from mlic.data.formats import parse_csv, parse_helsinki, parse_hf
 from mlic.data.openimages import parse_openimages
 from mlic.errors import DataError
 
-FORMATS = ("helsinki", "csv", "hf", "coco", "voc", "openimages")
+FORMATS = DATA_FORMATS  # the names data.format and --format take; `parse` below has a parser for each
 
 
 def parse(fmt: str, root, *, image_column: str = "image", label_column: str = "labels", split: str | None = None,
