@@ -24,7 +24,7 @@ from accelerate.utils import (
 from mlic.backbones import layer_ids
 from mlic.config import Config
 from mlic.data.pipeline import Data, build_data, load_split
-from mlic.data.resolution import resolve_cache_size
+from mlic.data.resolution import resolve_cache_size, started_side
 from mlic.ema import WeightEma
 from mlic.errors import ConfigError
 from mlic.losses import build_loss
@@ -276,7 +276,8 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     preprocess = dataclasses.replace(preprocess, size=cfg.data.image_size or preprocess.size,
                                      crop_pct=cfg.data.crop_pct or preprocess.crop_pct)
     check_model_inputs(cfg, model, preprocess.size)
-    cfg, note = resolve_cache_size(cfg, dataset, np.union1d(split.train_idx, split.val_idx), preprocess)
+    cfg, note = resolve_cache_size(cfg, dataset, np.union1d(split.train_idx, split.val_idx), preprocess,
+                                   started_side(Path(cfg.run.output_dir)))
     if note:
         accelerator.print(note)
     channels_last = cfg.model.channels_last and torch.cuda.is_available() and is_cnn(model)

@@ -192,3 +192,17 @@ def test_random_resized_crop_draws_per_image_from_the_step_generator_on_both_pat
     assert (a - plain(images, torch.Generator().manual_seed(1))).abs().mean() > 0.1  # a crop, not the whole square
     per_image = per_image_transform(48, (0.5,) * 3, (0.5,) * 3, aug)
     assert per_image(Image.new("RGB", (160, 96), "red")).shape == (3, 48, 48)
+
+
+def test_a_resumed_run_keeps_the_cache_side_it_started_with(photos, tmp_path, capsys):
+    """A run folder from before auto recorded 128; auto would now resolve another side. Halfway through a run the
+    model's inputs must not change."""
+    run = tmp_path / "run"
+    _train(photos, run, "squash")
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["cache_size"] == 48
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace("cache_size: 48", "cache_size: 64"))  # as an older start wrote
+    _train(photos, run, "squash", "train.epochs=2")
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "keeps the 64 px this run started with" in out
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["cache_size"] == 64  # what this start used

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from mlic.data.datasets import MultilabelImages
@@ -48,9 +50,24 @@ def largest_side(dataset: MultilabelImages, rows: np.ndarray, seed: int) -> int 
     return max(sides) if sides else None
 
 
-def resolve_cache_size(cfg, dataset: MultilabelImages, rows: np.ndarray, preprocess):
-    """(cfg with data.cache_size a number, a note when the cache is smaller than the model's input, else None)."""
+def started_side(run_dir: Path) -> int | None:
+    """The cache side the run in `run_dir` started with (its config.yaml), if it started."""
+    try:
+        side = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["cache_size"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return side if isinstance(side, int) and not isinstance(side, bool) and side >= 1 else None
+
+
+def resolve_cache_size(cfg, dataset: MultilabelImages, rows: np.ndarray, preprocess, started: int | None = None):
+    """(cfg with data.cache_size a number, a note when the cache is smaller than the model's input, else None).
+    `started`: the side a resumed run began with (`started_side`); auto keeps it, so a run never changes what
+    its model sees halfway (a run folder from before auto existed recorded 128)."""
     need = needed_side(cfg, preprocess)
+    if cfg.data.cache_size == "auto" and started is not None:
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_size=started)), (
+            f"note: data.cache_size=auto keeps the {started} px this run started with (its config.yaml)"
+            if started != min(need, largest_side(dataset, rows, cfg.data.seed) or need) else None)
     have = largest_side(dataset, rows, cfg.data.seed) if cfg.data.cache_size == "auto" else None
     side = cfg.data.cache_size if cfg.data.cache_size != "auto" else min(need, have or need)
     note = None
