@@ -38,7 +38,7 @@ def train(args, run: Path, fault: str | None = None) -> subprocess.CompletedProc
         f"train.max_steps_per_epoch={args.steps}", f"train.save_every_steps={every}", f"train.log_every={every}",
         "sampler.name=balanced", f"sampler.num_samples={args.batch * args.steps}", "train.compile=true",
         f"train.compile_backend={args.compile_backend}", f"run.output_dir={run}", "run.progress=false"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), **({"MLIC_FAULT": fault} if fault else {})}
+    env = {**os.environ, "PYTHONPATH": python_path(), **({"MLIC_FAULT": fault} if fault else {})}
     if args.device == "cuda":
         command = ["accelerate", "launch", "--config_file", "launch/single_gpu.yaml", f"train/{args.model}.py"]
     else:
@@ -50,6 +50,11 @@ def train(args, run: Path, fault: str | None = None) -> subprocess.CompletedProc
     if done.returncode != 0:
         print(done.stdout[-1500:], done.stderr[-3000:], sep="\n", file=sys.stderr)
     return done
+
+
+def python_path() -> str:
+    """The repository first, then what the caller had (gpu_run.sh puts the carried wheels there)."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 def val_lines(run: Path) -> list[dict]:
@@ -78,7 +83,7 @@ def serve(args, resumed: Path, problems: list[str]) -> None:
     """`mlic evaluate` and `mlic predict` on the resumed run's model, on the same device."""
     from mlic.data.demo import demo_root
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": python_path()}
     mlic = [sys.executable, "-c", "import sys; from mlic.cli import main; sys.exit(main())"]
     done = subprocess.run([*mlic, "evaluate", str(resumed / "model"), "--json", str(args.out / "evaluate.json")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)

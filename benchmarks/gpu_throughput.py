@@ -145,7 +145,8 @@ def fit_row(name: str, mode: str, precision: str, args, scratch: Path) -> dict:
         "sampler.name=balanced", f"sampler.num_samples={args.batch * args.fit_steps}",
         f"train.compile={str(mode == 'compiled').lower()}", f"train.compile_backend={args.compile_backend}",
         f"train.compile_mode={args.compile_mode}", f"run.output_dir={run}", "run.progress=false", "run.trackers=[]"]
-    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": precision, "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # gpu_run.sh's wheels too
+    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": precision, "PYTHONPATH": path}
     if args.device == "cpu":
         env["ACCELERATE_USE_CPU"] = "true"
     done = subprocess.run([sys.executable, *script, *overrides], cwd=REPO, env=env, capture_output=True, text=True,
@@ -164,6 +165,13 @@ def loader_for(args, scratch: Path):
                                        pin_memory=args.device == "cuda", persistent_workers=args.workers > 0)
 
 
+def _cells(row: str, part: str, result: dict, flops: float) -> str:
+    r = result[part]
+    ratio = f"{r['images_per_s'] / result['bare']['images_per_s']:8.3f}" if part == "fit" else f"{'':8s}"
+    peak = f"{r['peak_gb']:7.1f}" if part == "bare" else ""
+    return f"{row:40s} {part:4s} {r['images_per_s']:8.0f} {r['images_per_s'] * flops:6.1%} {r['data_wait']:6.1%} {ratio} {peak}"
+
+
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, help="MODEL:MODE:PRECISION, in the order to run")
@@ -180,6 +188,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--compile-mode", default="default")
     parser.add_argument("--no-fit", action="store_true", help="the bare loop only")
+    parser.add_argument("--fit-rows", type=int, default=99, help="only the first N rows also run fit")
     parser.add_argument("--profile", type=Path, help="append a profiler table per row to this file")
     parser.add_argument("--json", type=Path, help="append each row as a JSON line")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -196,29 +205,29 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, batch {args.batch} at {args.image_size} px, bare: {args.windows} windows "
           f"of {args.steps} steps; fit: epoch 2 of 2 x {args.fit_steps} steps; compile {args.compile_backend}")
-    print(f"{'row':40s} {'bare img/s':>10s} {'MFU':>6s} {'wait':>6s} {'fit img/s':>9s} {'MFU':>6s} {'wait':>6s} "
-          f"{'fit/bare':>8s} {'peak GB':>7s}", flush=True)
+    print(f"{'row':40s} {'part':4s} {'img/s':>8s} {'MFU':>6s} {'wait':>6s} {'fit/bare':>8s} {'peak GB':>7s}", flush=True)
     failed = 0
-    for row in args.rows:
+    for i, row in enumerate(args.rows):
         model_name, mode, precision = row.rsplit(":", 2)
-        try:
-            b = bare(model_name, mode, precision, loader, args, device)
-            f = {"images_per_s": float("nan"), "data_wait": float("nan")} if args.no_fit else \
-                fit_row(model_name, mode, precision, args, Path(scratch.name))
-        except Exception as exc:  # one row's failure (memory, a compile error) leaves the others' figures
-            failed += 1
-            print(f"{row:40s} failed: {str(exc).splitlines()[-1][:300] if str(exc) else type(exc).__name__}", flush=True)
-            continue
-        finally:
-            torch.cuda.empty_cache() if device.type == "cuda" else None
         flops = 3 * 2 * GMACS.get(model_name, 0) * 1e9 * (args.image_size / 224) ** 2 / (args.peak_tflops * 1e12)
-        print(f"{row:40s} {b['images_per_s']:10.0f} {b['images_per_s'] * flops:6.1%} {b['data_wait']:6.1%} "
-              f"{f['images_per_s']:9.0f} {f['images_per_s'] * flops:6.1%} {f['data_wait']:6.1%} "
-              f"{f['images_per_s'] / b['images_per_s']:8.3f} {b['peak_gb']:7.1f}", flush=True)
+        result = {"row": row, "device": name, "torch": torch.__version__, "mfu_per_image": flops}
+        for part in ("bare", "fit"):  # each part printed (and kept) as soon as it is measured
+            if part == "fit" and (args.no_fit or i >= args.fit_rows):
+                continue
+            try:
+                result[part] = bare(model_name, mode, precision, loader, args, device) if part == "bare" else \
+                    fit_row(model_name, mode, precision, args, Path(scratch.name))
+            except Exception as exc:  # one row's failure (memory, a compile error) leaves the others' figures
+                failed += 1
+                print(f"{row:40s} {part} failed: {str(exc).splitlines()[-1][:300] if str(exc) else type(exc).__name__}",
+                      flush=True)
+                break
+            finally:
+                torch.cuda.empty_cache() if device.type == "cuda" else None
+            print(_cells(row, part, result, flops), flush=True)
         if args.json:
             with args.json.open("a") as fh:
-                fh.write(json.dumps({"row": row, "device": name, "torch": torch.__version__, "bare": b, "fit": f,
-                                     "mfu_per_image": flops}) + "\n")
+                fh.write(json.dumps(result) + "\n")
     return 1 if failed else 0
 
 

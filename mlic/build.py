@@ -19,6 +19,7 @@ from accelerate.utils import (
     DistributedType,
     InitProcessGroupKwargs,
     ProjectConfiguration,
+    broadcast_object_list,
 )
 
 from mlic.backbones import layer_ids
@@ -184,8 +185,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
         if deepspeed:  # DeepSpeed would ask for NCCL; gloo is the CPU backend
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
     else:
-        # The cache's images are fixed squares (data.image_size): cuDNN's per-shape autotuning pays from the
-        # second step on (the ragged last evaluation batch tunes once more).
+        # Every batch has the same shape (fixed squares at the model's input side): cuDNN's per-shape autotuning
+        # pays from the second step on (the ragged last evaluation batch tunes once more).
         torch.backends.cudnn.benchmark = True
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
@@ -269,6 +270,23 @@ def input_dtype(accelerator: Accelerator) -> torch.dtype | None:
     return None
 
 
+def resolved_cache_size(cfg: Config, accelerator: Accelerator, split, preprocess) -> Config:
+    """`data.cache_size` as a number (`mlic.data.resolution`), read from the image headers by the main process
+    and the same on every rank (a read that failed on one rank alone must not give it another cache). A run
+    that resumes from a checkpoint keeps the side it started with."""
+    out = Path(cfg.run.output_dir)
+    side, note = cfg.data.cache_size, None
+    if accelerator.is_main_process:
+        started = started_side(out) if latest_checkpoint(out / "checkpoints") is not None else None
+        resolved, note = resolve_cache_size(cfg, split.dataset, np.union1d(split.train_idx, split.val_idx), preprocess,
+                                            started)
+        side = resolved.data.cache_size
+    side = broadcast_object_list([side])[0]
+    if note:
+        print(note)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_size=side))
+
+
 def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     split = load_split(cfg)  # data errors surface before the model is built
     dataset = split[0]
@@ -276,10 +294,7 @@ def build_run(cfg: Config, accelerator: Accelerator) -> Run:
     preprocess = dataclasses.replace(preprocess, size=cfg.data.image_size or preprocess.size,
                                      crop_pct=cfg.data.crop_pct or preprocess.crop_pct)
     check_model_inputs(cfg, model, preprocess.size)
-    cfg, note = resolve_cache_size(cfg, dataset, np.union1d(split.train_idx, split.val_idx), preprocess,
-                                   started_side(Path(cfg.run.output_dir)))
-    if note:
-        accelerator.print(note)
+    cfg = resolved_cache_size(cfg, accelerator, split, preprocess)
     channels_last = cfg.model.channels_last and torch.cuda.is_available() and is_cnn(model)
     data = build_data(cfg, accelerator, split, preprocess, channels_last)
     if channels_last:

@@ -190,12 +190,21 @@ def _epoch_batches(run: Run, state: RunState, done: int, wait: LoaderWait):
     loader = run.train_loader
     loader.set_epoch(state.epoch)
     if done:  # resumed mid-epoch: the same global order, minus what was trained on
-        loader = run.accelerator.skip_first_batches(loader, done)
-        loader.set_epoch(state.epoch)  # a new loader counts epochs from 0: the sampler must see this one
+        loader = skipped(run.accelerator, loader, done, state.epoch)
     left = max(0, epoch_micro_steps(run) - done)
     show = run.accelerator.is_main_process and run.cfg.run.progress
     return tqdm(wait.timed(itertools.islice(loader, left)), desc=f"epoch {state.epoch} train", total=left, leave=False,
                 disable=None if show else True)  # disable=None: no bar when stderr is not a terminal
+
+
+def skipped(accelerator: Accelerator, loader, done: int, epoch: int):
+    """`loader` without its first `done` batches, at `epoch` (a new loader counts epochs from 0: the sampler
+    must see this one). accelerate (1.15) builds it without the prepared loader's non-blocking copies: on a GPU
+    every step of the resumed epoch would wait for its host-to-device copy."""
+    loader = accelerator.skip_first_batches(loader, done)
+    loader.set_epoch(epoch)
+    loader._non_blocking = accelerator.non_blocking
+    return loader
 
 
 def seed_step(device: torch.device, seed: int, epoch: int, step: int, rank: int) -> torch.Generator:

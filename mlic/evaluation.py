@@ -48,7 +48,9 @@ def predict_logits(model, loader, transform, accelerator: Accelerator, stop: Sto
         x = transform(images)
         if cast is not None:
             x = x.to(cast)
-        logits.append(model(x).float())
+        # a copy: under train.compile_mode=reduce-overhead / max-autotune (CUDA graphs) the next batch's replay
+        # overwrites the graph's output, and .float() of a float32 output is that same tensor
+        logits.append(model(x).float().clone())
         faults.kill_point("eval")
         targets.append(target.float())
         index.append(idx.to(accelerator.device))

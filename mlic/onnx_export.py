@@ -4,11 +4,14 @@ torch (onnxruntime, TensorRT, a browser), giving the same probabilities as `mlic
 The graph's contract (also in the file's `metadata_props`, as JSON strings under `mlic.*`):
 - input `images`: uint8, N x 3 x S x S (NCHW, RGB, 0..255), N dynamic. S is `data.cache_size` for a run that
   used the image cache (the default; mlic's evaluation starts from those squares): decode to 8-bit RGB and
-  resize to S x S with PIL's bilinear filter (`img.resize((S, S), Image.BILINEAR, reducing_gap=None)`). For a
-  run with the cache off, S is the model's input size and the resize is torchvision's antialiased uint8
-  resize (`v2.functional.resize(uint8_tensor, [S, S], interpolation, antialias=True)`), as training did.
-- inside the graph: /255, the antialiased resize to the model's size where it differs from S (ONNX Resize
-  with antialias: opset 18 or later), mean/std normalisation, the network, a sigmoid.
+  make the S x S square by the run's `data.resize` with PIL's bilinear filter (squash:
+  `img.resize((S, S), Image.BILINEAR, reducing_gap=None)`; crop: `ImageOps.fit`; pad: `ImageOps.pad` onto
+  `data.background`; `mlic.input` says which). For a run with the cache off, S is the model's input size and the
+  caller's steps are torchvision's antialiased uint8 resize (crop: the shorter side, then the centre crop),
+  as training did.
+- inside the graph: /255, the antialiased resize to the model's size where it differs from S (with
+  `data.resize=crop`, to size / crop_pct and the centre crop; ONNX Resize with antialias: opset 18 or later),
+  mean/std normalisation, the network, a sigmoid.
 - output `probabilities`: float32, N x C, in the order of `mlic.label_names`; label c is predicted where
   probability >= `mlic.thresholds`[c] (the tuned thresholds of `mlic predict`).
 uint8 rather than float because that is what the training saw (8-bit pixels, cached as uint8) and a quarter

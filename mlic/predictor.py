@@ -2,7 +2,7 @@
 
 Images are seen as the run's evaluation saw them: decoded as training decoded (upright, 8-bit sRGB,
 transparency on `data.background`), then, for a run that trained from the image cache (the default),
-squared to `data.cache_size` as the cache stores them and resized and normalised on the device; for a
+made the cache's squares (`data.cache_size`, by `data.resize`) and resized and normalised on the device; for a
 run without the cache, through the per-image torchvision path. `mlic predict` is this, on a folder.
 """
 

@@ -53,3 +53,18 @@ def test_gpu_run_sh_passes_on_the_cpu_with_tiny_models(tmp_path):
     assert [r["row"] for r in rows] == ["cnn:eager:no", "cnn:compiled:no"]
     assert all(r["fit"]["images_per_s"] > 0 and 0 <= r["fit"]["data_wait"] < 1 for r in rows)
     assert (tmp_path / "out" / "profiles.txt").read_text().count("## cnn:") == 2
+
+
+def test_a_resumed_epochs_loader_still_copies_without_waiting():
+    """accelerate's skip_first_batches drops the prepared loader's non_blocking: every step after a mid-epoch
+    resume would wait for its copy on a GPU (found by reading, not by the sync-debug window, which never resumes)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    from mlic.engine import skipped
+
+    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(non_blocking=True))
+    loader = accelerator.prepare(torch.utils.data.DataLoader(list(range(12)), batch_size=2))
+    resumed = skipped(accelerator, loader, 2, epoch=0)
+    assert accelerator.non_blocking and resumed._non_blocking
+    assert [b.tolist() for b in resumed] == [[4, 5], [6, 7], [8, 9], [10, 11]]

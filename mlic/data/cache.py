@@ -2,8 +2,9 @@
 
 Ranks on one node map the same file, so the page cache holds one copy for all of them. The file is
 named by the dataset's fingerprint (file names, sizes, mtimes, decode settings: `data.background`,
-`data.max_pixels`), the side S, and the rows left out (unreadable images under `data.skip_bad`, stored as
-zeros): a changed source, decode setting, side or set of rows gets a new cache.
+`data.max_pixels`), the side S, the resize policy (`data.resize`: a squashed cache keeps the name it had before
+the policy existed) and the rows left out (unreadable images under `data.skip_bad`, stored as zeros): a changed
+source, decode setting, side, policy or set of rows gets a new cache.
 
 Building (one process per node: the caller wraps it in `local_main_process_first`) decodes with a pool of
 worker processes, one per core (PIL holds the GIL for part of each decode, so threads do not scale), from

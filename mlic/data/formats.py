@@ -1,6 +1,7 @@
-"""One parser per dataset format: `parse_<format>(root, ...) -> (dataset or None, problems)`.
+"""The helsinki, csv and hf parsers: `parse_<format>(root, ...) -> (dataset or None, problems)` (coco and voc:
+`mlic.data.benchmark_formats`; openimages: `mlic.data.openimages`; all by name: `mlic.data.registry`).
 
-Training raises on the problems (`datasets.load_dataset`, which may leave unreadable images out under
+Training raises on the problems (`registry.load_dataset`, which may leave unreadable images out under
 `data.skip_bad`); `mlic check-data` prints them. A parser collects every problem it can instead of
 stopping at the first; the dataset is None only when nothing usable could be built.
 """
