@@ -221,15 +221,26 @@ def evaluate_model(model_dir: str, data_root: str | None, split: str = "val", ba
 
 
 def evaluate_command(model_dir: str, data_root: str | None, split: str, json_out: str | None, fmt: str | None) -> int:
+    """Under several processes every rank waits for the main one's output, then the process group is closed: a
+    rank that exited with gloo's group alive while the main process still wrote aborted at exit (`terminate
+    called without an active exception`, twice in one suite run)."""
     from accelerate.state import PartialState
 
     summary, per_label, *_ = evaluate_model(model_dir, data_root, split, fmt=fmt)
-    if not PartialState().is_main_process:
-        return 0
+    state = PartialState()
+    try:
+        if state.is_main_process:
+            _print_evaluation(summary, per_label, json_out)
+    finally:
+        state.wait_for_everyone()
+        state.destroy_process_group()
+    return 0
+
+
+def _print_evaluation(summary: dict, per_label: list[dict], json_out: str | None) -> None:
     print(f"{'label':10s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'AP':>6s} {'support':>7s}  (tuned thresholds)")
     for r in per_label:
         print(f"{r['label']:10s} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f} {r['AP']:6.3f} {r['support']:7d}")
     print("  ".join(f"{k} {summary[k]:.4f}" for k in ("accuracy", "f1_micro", "f1_macro", "mAP", "f1_macro_tuned")))
     if json_out:
         Path(json_out).write_text(json.dumps({"summary": summary, "per_label": per_label}, indent=2))
-    return 0
