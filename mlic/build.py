@@ -25,7 +25,7 @@ from accelerate.utils import (
 from mlic.backbones import layer_ids
 from mlic.config import Config
 from mlic.data.pipeline import Data, build_data, load_split
-from mlic.data.resolution import resolve_cache_size, started_side
+from mlic.data.resolution import resolve_cache_size, started_side, with_cache_size
 from mlic.ema import WeightEma
 from mlic.errors import ConfigError
 from mlic.losses import build_loss
@@ -281,10 +281,9 @@ def resolved_cache_size(cfg: Config, accelerator: Accelerator, split, preprocess
         resolved, note = resolve_cache_size(cfg, split.dataset, np.union1d(split.train_idx, split.val_idx), preprocess,
                                             started)
         side = resolved.data.cache_size
-    side = broadcast_object_list([side])[0]
     if note:
         print(note)
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_size=side))
+    return with_cache_size(cfg, broadcast_object_list([side])[0])
 
 
 def build_run(cfg: Config, accelerator: Accelerator) -> Run:

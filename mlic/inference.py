@@ -21,7 +21,7 @@ from mlic.data.datasets import IMAGE_SUFFIXES, DecodeFiles, MultilabelImages, Tr
 from mlic.data.decode import DecodeSettings
 from mlic.data.pipeline import PassThrough, load_split
 from mlic.data.registry import load_dataset
-from mlic.data.transforms import DeviceTransform, per_image_transform
+from mlic.data.transforms import DeviceTransform, per_image_evaluating
 from mlic.errors import DataError, MlicError, some
 from mlic.export import INFERENCE, load_exported
 from mlic.metrics import compute_metrics, per_label_metrics, tuned_metrics
@@ -48,12 +48,10 @@ def _eval_inputs(dataset: MultilabelImages, rows: np.ndarray, cfg: Config, meta:
     """(loader over `rows` of `dataset`, transform) reproducing the run's evaluation preprocessing."""
     pre = meta["preprocess"]
     if meta.get("cached", True):
-        source = DecodedImages(dataset, Square(cfg.data.cache_size, cfg.data.resize, cfg.data.background))
+        source = DecodedImages(dataset, Square.of_data(cfg.data))
         transform = DeviceTransform.evaluating(pre, cfg.data.resize)
     else:
-        source = Transformed(dataset, per_image_transform(
-            pre["size"], pre["mean"], pre["std"], None, pre.get("interpolation", "bilinear"), cfg.data.resize,
-            pre.get("crop_pct", 1.0), cfg.data.background))
+        source = Transformed(dataset, per_image_evaluating(pre, cfg.data))
         transform = PassThrough(channels_last=False)  # the workers already resized and normalised
     return DataLoader(Subset(source, rows), batch_size=batch_size, num_workers=workers), transform
 

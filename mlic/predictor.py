@@ -21,7 +21,7 @@ from PIL import Image
 from mlic.config import config_from_dict
 from mlic.data.cache import Square
 from mlic.data.decode import DecodeSettings, decode_image, decoded_rgb
-from mlic.data.transforms import DeviceTransform, per_image_transform
+from mlic.data.transforms import DeviceTransform, per_image_evaluating
 from mlic.errors import MlicError
 from mlic.export import INFERENCE, load_exported
 
@@ -63,13 +63,11 @@ class Predictor:
         self.settings = DecodeSettings.from_config(cfg.data)
         pre = meta["preprocess"]
         self.cached = meta.get("cached", True)
-        self.square = Square(cfg.data.cache_size, cfg.data.resize, cfg.data.background)  # folders before resize: squash
+        self.square = Square.of_data(cfg.data)  # folders from before data.resize: squash
         if self.cached:  # uint8 squares in, resized and normalised on the device, as the run evaluated
             self.transform = DeviceTransform.evaluating(pre, cfg.data.resize).to(self.device)
         else:
-            self.per_image = per_image_transform(pre["size"], pre["mean"], pre["std"], None,
-                                                 pre.get("interpolation", "bilinear"), cfg.data.resize,
-                                                 pre.get("crop_pct", 1.0), cfg.data.background)
+            self.per_image = per_image_evaluating(pre, cfg.data)
 
     def predict(self, images: ImageInput | Iterable[ImageInput], batch_size: int | None = None) -> Predictions:
         """Probabilities and decisions for `images`: a path, a PIL image, a uint8 tensor (3, H, W) or a batch

@@ -106,6 +106,11 @@ class Square:
     def of(cls, size: int | Square) -> Square:
         return size if isinstance(size, Square) else cls(size)
 
+    @classmethod
+    def of_data(cls, cfg_data) -> Square:
+        """A run's squares: its DataConfig's (resolved) `cache_size`, `resize` and `background`."""
+        return cls(cfg_data.cache_size, cfg_data.resize, cfg_data.background)
+
 
 def square_pixels(img: Image.Image, size: int | Square) -> np.ndarray:
     """An RGB image as the cache stores it: uint8 (3, S, S); an int S squashes (mlic's only way before

@@ -137,7 +137,7 @@ def build_data(cfg, accelerator, split: Split, preprocess, channels_last: bool) 
     if cfg.data.cache_size == "auto":  # build_run resolves (and records) it first; other callers get it here
         cfg, _ = resolve_cache_size(cfg, dataset, used, preprocess)
     cached = use_cache(cfg.data, len(dataset))  # the cache file has a slot for every row
-    square = Square(cfg.data.cache_size, cfg.data.resize, cfg.data.background)
+    square = Square.of_data(cfg.data)
     world = accelerator.num_processes
     common = {"num_workers": cfg.data.num_workers, "pin_memory": torch.cuda.is_available(),
               "persistent_workers": cfg.data.num_workers > 0}

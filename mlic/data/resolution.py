@@ -59,21 +59,26 @@ def started_side(run_dir: Path) -> int | None:
     return side if isinstance(side, int) and not isinstance(side, bool) and side >= 1 else None
 
 
-def resolve_cache_size(cfg, dataset: MultilabelImages, rows: np.ndarray, preprocess, started: int | None = None):
-    """(cfg with data.cache_size a number, a note when the cache is smaller than the model's input, else None).
-    `started`: the side a resumed run began with (`started_side`); auto keeps it, so a run never changes what
-    its model sees halfway (a run folder from before auto existed recorded 128)."""
-    need = needed_side(cfg, preprocess)
-    if cfg.data.cache_size == "auto" and started is not None:
-        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_size=started)), (
+def with_cache_size(cfg, side: int):
+    """`cfg` with `data.cache_size` the number `side`."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_size=side))
+
+
+def resolve_cache_size(cfg, dataset: MultilabelImages, rows: np.ndarray, preprocess,
+                       started: int | None = None):
+    """(cfg with data.cache_size a number, a note when it is not what the run would expect, else None). `started`: the
+    side a resumed run began with (`started_side`); auto keeps it, so a run never changes what its model sees
+    halfway (a run folder from before auto existed recorded 128)."""
+    need, auto = needed_side(cfg, preprocess), cfg.data.cache_size == "auto"
+    have = largest_side(dataset, rows, cfg.data.seed) if auto else None
+    side = min(need, have or need) if auto else cfg.data.cache_size
+    if auto and started is not None:
+        return with_cache_size(cfg, started), (
             f"note: data.cache_size=auto keeps the {started} px this run started with (its config.yaml)"
-            if started != min(need, largest_side(dataset, rows, cfg.data.seed) or need) else None)
-    have = largest_side(dataset, rows, cfg.data.seed) if cfg.data.cache_size == "auto" else None
-    side = cfg.data.cache_size if cfg.data.cache_size != "auto" else min(need, have or need)
-    note = None
-    if side < preprocess.size:
-        why = (f"the images are at most {have} px on their shorter side" if cfg.data.cache_size == "auto" else
-               f"data.cache_size={side} (auto would take up to {need})")
-        note = (f"note: {why}: the image cache holds {side} x {side} squares and the model sees them resized up to "
-                f"its {preprocess.size} x {preprocess.size} input")
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_size=side)), note
+            if started != side else None)
+    if side >= preprocess.size:
+        return with_cache_size(cfg, side), None
+    why = (f"the images are at most {have} px on their shorter side" if auto else
+           f"data.cache_size={side} (auto would take up to {need})")
+    return with_cache_size(cfg, side), (f"note: {why}: the image cache holds {side} x {side} squares and the model "
+                                        f"sees them resized up to its {preprocess.size} x {preprocess.size} input")

@@ -46,6 +46,14 @@ class Letterbox:
         return ImageOps.pad(img, (self.size, self.size), Image.Resampling.BILINEAR, color=self.background)
 
 
+def per_image_evaluating(preprocess: dict, cfg_data) -> v2.Compose:
+    """The per-image evaluation path of an exported model (`preprocess` of its config.json, its run's DataConfig;
+    folders from before `interpolation` or `crop_pct` were recorded: bilinear, 1.0)."""
+    return per_image_transform(preprocess["size"], preprocess["mean"], preprocess["std"], None,
+                               preprocess.get("interpolation", "bilinear"), cfg_data.resize,
+                               preprocess.get("crop_pct", 1.0), cfg_data.background)
+
+
 def per_image_transform(size: int, mean, std, aug=None, interpolation: str = "bilinear", resize: str = "squash",
                         crop_pct: float = 1.0, background: str = "white") -> v2.Compose:
     """The torchvision-reference path: PIL image -> normalised float tensor, augmented if `aug`; a non-square
