@@ -22,14 +22,13 @@ from accelerate.utils import (
     broadcast_object_list,
 )
 
-from mlic.backbones import layer_ids
 from mlic.config import Config
 from mlic.data.pipeline import Data, build_data, load_split
 from mlic.data.resolution import resolve_cache_size, started_side, with_cache_size
 from mlic.ema import WeightEma
 from mlic.errors import ConfigError
 from mlic.losses import build_loss
-from mlic.models import Preprocess, build_model, head_prefix, is_cnn, probe
+from mlic.models import Preprocess, backbone_depths, build_model, head_prefix, is_cnn, probe
 from mlic.run_state import check_pickle_trust, latest_checkpoint
 from mlic.selection import check_select_metric
 from mlic.stepping import OverflowGuard
@@ -229,20 +228,13 @@ def param_groups(cfg: Config, model: torch.nn.Module) -> list[dict[str, Any]]:
     if o.head_lr is None and o.layer_decay is None:
         return [{"params": [p for _, p in trainable]}]
     head = head_prefix(model)
-    backbone = getattr(model, "backbone", None)
-    depth, depths = ({}, 1)
-    if o.layer_decay is not None:
-        if backbone is None:  # cnn, torchvision: the model is the backbone, minus its head
-            backbone = model
-        library = getattr(model, "library", "hf" if hasattr(backbone, "config") else "torch")
-        depth, depths = layer_ids(backbone, library, skip=head if backbone is model else "")
-    prefix = "backbone." if backbone is not None and backbone is not model else ""
+    depth, depths = backbone_depths(model, cfg.model.name) if o.layer_decay is not None else ({}, 1)
     lrs: dict[float, list] = {}
     for name, param in trainable:
         if name.startswith(head):
             lr = o.head_lr if o.head_lr is not None else o.lr
         else:
-            i = depth.get(name.removeprefix(prefix), depths - 1)
+            i = depth.get(name, depths - 1)
             lr = o.lr * (o.layer_decay ** (depths - i) if o.layer_decay is not None else 1.0)
         lrs.setdefault(lr, []).append(param)
     return [{"params": params, "lr": lr} for lr, params in sorted(lrs.items())]

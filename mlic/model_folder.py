@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from mlic.backbones import find, known_models
 from mlic.config import ModelConfig, config_from_dict
 from mlic.data.decode import DecodeSettings
 from mlic.errors import ConfigError, MlicError, some
-from mlic.models import MODELS, build_model, probe
+from mlic.models import build_model, probe
 
 WEIGHTS = "model.safetensors"
 META = "config.json"
@@ -26,7 +27,6 @@ REBUILD = ("architecture",)  # what rebuilding the network reads
 INFERENCE = ("architecture", "label_names", "thresholds", "preprocess", "config")  # predict, evaluate, ONNX
 HEADS = ("report", "linear", "mldecoder")
 INTERPOLATIONS = ("bilinear", "bicubic")  # what mlic's resizes do
-OFFLINE = "a model folder must rebuild offline, from what it holds"
 
 
 class ModelFolderError(MlicError):
@@ -110,37 +110,16 @@ def _architecture(arch: Any) -> list[str]:
 
 
 def _rebuilds_offline(name: str, arch: dict) -> list[str]:
-    """Whether `build_model(exported=arch)` builds `name` from the folder's own record: the backbones whose
-    definition lives on the hub (timm's `hf-hub:` names, a Hugging Face config not recorded, remote code) are
-    refused, since rebuilding them would fetch it, or find whatever the cache holds."""
-    library, _, source = name.partition("/")
-    if library in ("timm", "hf") and not source:
-        return [f"{META} 'architecture.name' {name!r} names no model after '{library}/'"]
-    if name == "vit":
-        if not isinstance(arch.get("vit_config"), dict):
-            return [f"{META} 'architecture.vit_config' is missing or not an object: it is ViT's own config, without "
-                    f"which the backbone would be looked up by name; {OFFLINE}"]
-    elif library == "timm":
-        if source.startswith("hf-hub:"):
-            return [f"{META} 'architecture.name' {name!r} is a Hugging Face hub model, whose definition timm "
-                    f"fetches from the network; {OFFLINE} (re-export it under its timm architecture name)"]
-        record = arch.get("timm", {})
-        if not isinstance(record, dict) or not isinstance(record.get("kwargs", {}), dict):
-            return [f"{META} 'architecture.timm' is {record!r}, not an object with a 'kwargs' object"]
-    elif library == "hf":
-        record = arch.get("hf")
-        config = record.get("config") if isinstance(record, dict) else None
-        if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-            where = "the local folder" if Path(source).is_dir() else "the Hugging Face hub"
-            return [f"{META} 'architecture.hf.config' is missing or has no model_type: {name} would be rebuilt from "
-                    f"{where} ({source}); {OFFLINE}"]
-        if "auto_map" in config:
-            return [f"{META} 'architecture.hf.config' has an auto_map: the backbone's code comes from {source}, "
-                    f"outside the folder; {OFFLINE}"]
-    elif name not in MODELS:
-        return [f"{META} 'architecture.name' {name!r} is not a model mlic knows ({some(MODELS, first=10)}, "
-                "timm/<architecture>, hf/<hub name or folder>)"]
-    return []
+    """Whether `build_model(exported=arch)` builds `name` from the folder's own record, as its adapter judges
+    (`Adapter.record_problems`): the backbones whose definition lives on the hub (timm's `hf-hub:` names, a
+    Hugging Face config not recorded, remote code) are refused, since rebuilding them would fetch it, or find
+    whatever the cache holds."""
+    adapter, source = find(name)
+    if adapter is None:
+        return [f"{META} 'architecture.name' {name!r} is not a model mlic knows ({some(known_models(), first=10)})"]
+    if not source:
+        return [f"{META} 'architecture.name' {name!r} names no model after '{adapter.prefix}'"]
+    return [f"{META} {problem}" for problem in adapter.record_problems(source, arch)]
 
 
 def _label_names(value: Any, num_labels: int | None) -> tuple[list[str], list[str] | None]:
