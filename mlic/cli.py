@@ -7,8 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from mlic.config import CONFIGS, DATA_FORMATS
+from mlic.config import CONFIGS
+from mlic.data.formats import FORMATS, all_options
 from mlic.errors import MlicError
+from mlic.ranks import leave_launched_process
 
 
 def default_config(model: str) -> Path:
@@ -21,12 +23,20 @@ def default_config(model: str) -> Path:
 
 
 def by_library(model: str) -> bool:
-    return model.startswith(("timm/", "hf/"))
+    """A name under a backbone library's prefix (timm/..., hf/...), not one of the report's fixed names. The
+    registry is imported on use: its adapters load torchvision, which most commands need not."""
+    from mlic.backbones import by_prefix
+
+    return by_prefix(model)
 
 
 def train_main(model: str, argv: list[str] | None = None) -> int:
     """`train/<model>.py [--config FILE] [key=value ...]`: configs/<model>.yaml unless --config is given.
     A timm/ or hf/ name is the model to train, whatever the config file names."""
+    return leave_launched_process(_train_run(model, argv))
+
+
+def _train_run(model: str, argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog=f"train/{model}.py", description=f"Train {model} (Accelerate-aware).")
     parser.add_argument("--config", help=f"experiment YAML (default: configs/{model}.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="check the config and build the run (data, model, "
@@ -109,9 +119,14 @@ def _check_data(args) -> int:
     from mlic.data.datasets import printable
 
     labels = set(args.labels.split(",")) if args.labels else None
-    problems, warnings, notes = check_data(args.root, args.format, labels, args.workers, args.image_column,
-                                           args.label_column, args.split, args.max_pixels, args.voc_difficult,
-                                           args.class_list)
+    fmt = FORMATS[args.format]
+    given = {o.key: getattr(args, o.key) for o in all_options() if getattr(args, o.key) is not None}
+    foreign = [o.flag for o in all_options() if o.key in given and fmt.option(o.key) is None]
+    if foreign:
+        print(f"error: {', '.join(foreign)}: not an option of --format {fmt.name}", file=sys.stderr)
+        return 2
+    problems, warnings, notes = check_data(args.root, fmt.name, labels, args.workers, args.split, args.max_pixels,
+                                           **given)
     for line in problems:
         print(line)
     for line in warnings + notes:  # conversions training makes too: stderr, so stdout stays one line per problem
@@ -173,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     _model_commands(sub)
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except MlicError as exc:
         _print_error(exc)
-        return 1
+        code = 1
+    return leave_launched_process(code)
 
 
 def _data_commands(sub) -> None:
@@ -197,16 +213,16 @@ def _data_commands(sub) -> None:
 
     p = sub.add_parser("check-data", help="validate a dataset without training; exit 1 on any problem")
     p.add_argument("root")
-    p.add_argument("--format", choices=DATA_FORMATS, default="helsinki")
+    p.add_argument("--format", choices=list(FORMATS), default="helsinki",
+                   help="; ".join(f"{f.name}: {f.layout}" for f in FORMATS.values()))
     p.add_argument("--labels", help="comma-separated known label names: others are reported")
-    p.add_argument("--image-column", default="image", help="hf: the image column (data.image_column)")
-    p.add_argument("--label-column", default="labels", help="hf: the label column (data.label_column)")
     p.add_argument("--split", help="the split to read (data.split; hf: data.hf_split, default train): csv "
                    "ROOT/SPLIT.csv (default labels.csv), coco instances_SPLIT.json (train2017), voc "
                    "ImageSets/Main/SPLIT.txt (trainval), openimages SPLIT-annotations-human-imagelabels.csv (train)")
-    p.add_argument("--voc-difficult", choices=["ignore", "positive"], default="ignore",
-                   help="voc: a class seen only in difficult objects is unknown (ignore) or positive (data.voc_difficult)")
-    p.add_argument("--class-list", help="openimages: a file of MIDs, one per line: these labels only (data.class_list)")
+    for option in all_options():  # each format's own keys (mlic.data.formats)
+        owners = ", ".join(f.name for f in FORMATS.values() if f.option(option.key) is not None)
+        p.add_argument(option.flag, dest=option.key, choices=option.choices or None,
+                       help=f"{owners}: {option.help} (data.{option.key}; default {option.default})")
     p.add_argument("--max-pixels", type=at_least(1), help="larger images are problems (data.max_pixels, default "
                    f"{DataConfig.max_pixels:,})")
     p.add_argument("--strict", action="store_true", help="exit 1 on conversion warnings too (16-bit, "
@@ -257,7 +273,7 @@ def _model_commands(sub) -> None:
     p.add_argument("data_root", nargs="?", help="default: the data the model was trained on")
     p.add_argument("--split", choices=["val", "all"], default="val",
                    help="val: the run's validation split (same fraction and seed); all: every image")
-    p.add_argument("--format", choices=DATA_FORMATS)
+    p.add_argument("--format", choices=list(FORMATS))
     p.add_argument("--json", help="write the summary and per-label figures here")
     p.set_defaults(func=_evaluate)
 

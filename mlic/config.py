@@ -14,6 +14,8 @@ import yaml
 from PIL import ImageColor
 
 from mlic.config_values import apply_values, parse_override, read_yaml  # noqa: F401 - parse_override: public here
+from mlic.data.decode import BACKGROUND, MAX_PIXELS
+from mlic.data.formats import option_problems
 from mlic.disk import replace_text
 from mlic.errors import ConfigError
 from mlic.ranges import PROBABILITY, SEED, Items, Rule, Text, above, at_least, between, check_config
@@ -21,12 +23,10 @@ from mlic.ranges import PROBABILITY, SEED, Items, Rule, Text, above, at_least, b
 # The experiment configs: the top-level configs/ of a checkout, reached through the symlink mlic/configs, and a
 # real folder inside an installed wheel. Either way next to this package.
 CONFIGS = (Path(__file__).resolve().parent / "configs").resolve()
-# The dataset formats (their parsers: mlic.data.registry); `data.format` and every command's --format take these.
-DATA_FORMATS = ("helsinki", "csv", "hf", "coco", "voc", "openimages")
 
 @dataclass
 class DataConfig:
-    format: Literal[DATA_FORMATS] = "helsinki"
+    format: str = "helsinki"  # a registered format (mlic.data.formats): helsinki, csv, hf, coco, voc, openimages
     root: str | None = None  # None: the embedded demo dataset, generated on first use
     # The split file a format reads (coco: train2017 -> annotations/instances_train2017.json; voc: trainval ->
     # ImageSets/Main/trainval.txt; openimages: train -> train-annotations-human-imagelabels.csv; csv: NAME ->
@@ -46,6 +46,8 @@ class DataConfig:
     image_column: str = "image"  # hf only
     label_column: str = "labels"  # hf only
     hf_split: str = "train"  # hf only
+    # The options of a format that has no key of its own above (one added later: docs/EXTENDING.md), by name.
+    options: dict[str, str] = field(default_factory=dict)
     cache: Literal["auto", "on", "off"] = "auto"  # decoded uint8 cache + on-device augmentation
     cache_dir: str | None = None  # default: ~/.cache/mlic/images
     # Side of the cached square images. auto: the side the training needs (the model's input, or input / crop_pct
@@ -61,15 +63,15 @@ class DataConfig:
     num_workers: int = 2
     labels: list[str] | None = None  # expected label names: the data must have exactly these
     skip_bad: bool = False  # drop unreadable images (counted in metrics.jsonl) instead of stopping
-    background: str = "white"  # fills transparent pixels: a colour name or '#rrggbb' (PIL.ImageColor)
+    background: str = BACKGROUND  # fills transparent pixels: a colour name or '#rrggbb' (PIL.ImageColor)
     # Larger images are refused as decompression bombs (like unreadable ones, skippable under skip_bad).
     # Pillow's own default limit; raise it for real scans this large.
-    max_pixels: int = 89_478_485
+    max_pixels: int = MAX_PIXELS
     demo_images: int = 2000
     demo_seed: int = 0
 
     RANGES: ClassVar[dict[str, Rule]] = {
-        "root": Text(), "split": Text(), "val_split": Text(), "class_list": Text(), "cache_dir": Text(),
+        "format": Text(), "root": Text(), "split": Text(), "val_split": Text(), "class_list": Text(), "cache_dir": Text(),
         "image_column": Text(), "label_column": Text(), "hf_split": Text(), "background": Text(),
         "val_fraction": between(0, 1, low_open=True, high_open=True), "seed": SEED, "demo_seed": SEED,
         "cache_size": at_least(1), "image_size": at_least(32), "num_workers": at_least(0),
@@ -84,7 +86,7 @@ class DataConfig:
         except ValueError:
             return [f"config key 'data.background': {self.background!r} is not a colour (a name such as white or "
                     "black, or '#rrggbb' in quotes)"]
-        return []
+        return option_problems(self)  # the format's name and its own keys' values
 
 
 @dataclass

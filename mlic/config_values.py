@@ -41,6 +41,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, allowed))}")
         return value
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': {value!r} is not a mapping")
+        return {_coerce(k, key_hint, key): _coerce(v, value_hint, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (item_hint,) = typing.get_args(hint)
         if not isinstance(value, list | tuple):
@@ -93,6 +98,8 @@ def apply_values(obj: Any, updates: dict[str, Any], prefix: str, source: str) ->
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{key}' (in {source}) is a section: give a mapping, not {value!r}")
             apply_values(current, value, f"{key}.", source)
+        elif isinstance(current, dict) and isinstance(value, dict):  # a mapping key: later sources add to it
+            setattr(obj, name, {**current, **_coerce(value, hints[name], key)})
         else:
             setattr(obj, name, _coerce(value, hints[name], key))
 

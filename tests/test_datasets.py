@@ -164,13 +164,13 @@ def test_stratified_split_is_fixed_by_seed_and_keeps_rare_labels(demo_dir):
 
 
 def test_every_format_name_has_a_parser_that_names_what_is_missing(tmp_path, capsys):
-    """The names data.format and every command's --format take (mlic.config.DATA_FORMATS) are the parsers':
+    """The names data.format and every command's --format take (mlic.data.formats.FORMATS) are the parsers':
     `mlic evaluate --format` once took 3 of the 6."""
     from mlic.cli import main
-    from mlic.config import DATA_FORMATS
+    from mlic.data.formats import FORMATS
     from mlic.data.registry import parse
 
-    for name in DATA_FORMATS:
+    for name in FORMATS:
         dataset, problems = parse(name, tmp_path)  # an empty folder: the format's own first problem
         assert dataset is None and problems and str(tmp_path) in problems[0].text, name
         assert main(["check-data", "--format", name, str(tmp_path)]) == 1  # argparse would exit 2

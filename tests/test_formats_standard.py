@@ -10,8 +10,8 @@ from PIL import Image
 
 from mlic.cli import main
 from mlic.config import DataConfig
-from mlic.data.benchmark_formats import VOC_CLASSES
-from mlic.data.openimages import class_descriptions
+from mlic.data.formats.openimages import class_descriptions
+from mlic.data.formats.voc import VOC_CLASSES
 from mlic.data.registry import check_command, load_dataset, parse
 from mlic.errors import DataError
 
@@ -300,4 +300,4 @@ def test_check_command_names_only_the_flags_that_differ():
     assert check_command("coco", "/d", split="val2017") == "mlic check-data --format coco --split val2017 /d"
     assert check_command("openimages", "/d", class_list="c.txt") == "mlic check-data --format openimages --class-list c.txt /d"
     assert check_command("hf", "/d", split="train") == "mlic check-data --format hf /d"
-    assert check_command("hf", "/d", "pic", split="test") == "mlic check-data --format hf --split test --image-column pic /d"
+    assert check_command("hf", "/d", split="test", image_column="pic") == "mlic check-data --format hf --split test --image-column pic /d"

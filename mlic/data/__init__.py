@@ -1,1 +1,3 @@
-"""Datasets (helsinki, csv, hf), the demo corpus, data checks, the decoded-image cache and transforms."""
+"""Data: the formats (`formats/`, one module each, and their registry), the shared dataset types, loading by
+config (`registry`), data checks, the demo corpus and mosaics, the decoded-image cache, transforms and the
+training pipeline."""

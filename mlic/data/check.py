@@ -20,16 +20,15 @@ from mlic.labels import LabelMatrix
 
 
 def check_data(root, fmt: str = "helsinki", labels: Collection[str] | None = None, workers: int = 4,
-               image_column: str = "image", label_column: str = "labels", split: str | None = None,
-               max_pixels: int | None = None, voc_difficult: str = "ignore", class_list: str | None = None
+               split: str | None = None, max_pixels: int | None = None, **options
                ) -> tuple[list[str], list[str], list[str]]:
     """(problem lines, warning lines (the parser's, then the conversions'), notes). `max_pixels`: data.max_pixels (default:
-    DataConfig's); `split`, `voc_difficult`, `class_list`: as `mlic.data.registry.parse` takes them."""
+    DataConfig's); `split` and the format's `options` (voc_difficult, class_list ...): as `mlic.data.registry.parse`
+    takes them."""
     cfg_data = DataConfig() if max_pixels is None else DataConfig(max_pixels=max_pixels)
     report = DecodeReport()
-    dataset, problems = parse(fmt, root, image_column=image_column, label_column=label_column, split=split,
-                              labels=labels, settings=DecodeSettings.from_config(cfg_data), decode=True,
-                              workers=workers, report=report, voc_difficult=voc_difficult, class_list=class_list)
+    dataset, problems = parse(fmt, root, split=split, labels=labels, settings=DecodeSettings.from_config(cfg_data),
+                              decode=True, workers=workers, report=report, **options)
     notes = [partial_summary(dataset.labels)] if dataset is not None and dataset.labels.partial else []
     warnings = [f"warning: {p.text}" for p in problems if p.warning]
     return [p.text for p in problems if not p.warning], warnings + report.lines(), notes

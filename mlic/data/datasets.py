@@ -1,8 +1,9 @@
-"""The dataset object every format produces, image decoding, and loading one by config.
+"""The types every format shares: the dataset a parser produces, its problems, and the `Format` a parser
+module declares (the registry of them: `mlic.data.formats`).
 
-A dataset is built once, by its format's parser (`mlic.data.formats`), and never changes: row i is
-the image `read(i)` (decoded by `mlic.data.decode.decode_image`) with target `targets[i]`. Splits, and the rows left out under `data.skip_bad`, are
-`torch.utils.data.Subset`s of it, so a row number always means a row of the full dataset.
+A dataset is built once, by its format's parser, and never changes: row i is the image `decode(i)`
+(decoded by `mlic.data.decode.decode_image`) with target `targets[i]`. Splits, and the rows left out under
+`data.skip_bad`, are `torch.utils.data.Subset`s of it, so a row number always means a row of the full dataset.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -248,6 +250,74 @@ def image_number(name: str) -> int | None:
 
 
 Parsed = tuple[MultilabelImages | None, list[Problem]]  # what a format's parser returns
+
+
+@dataclass(frozen=True)
+class Option:
+    """A key a format reads besides the shared ones (root, split, known labels, decode settings): in the config
+    `data.<key>` where DataConfig has that field (the built-in formats' keys: `data.voc_difficult`), else
+    `data.options.<key>`; check-data's flag `--<key with dashes>`. Its value is text (a name, a path) or,
+    with `choices`, one of them; None when it may be left unset."""
+
+    key: str
+    default: str | None
+    help: str
+    choices: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None if self.default is None else "must be set"
+        if not isinstance(value, str) or not value.strip():
+            return "is not a name or path"
+        if self.choices and value not in self.choices:
+            return f"is not one of {', '.join(self.choices)}"
+        return None
+
+
+@dataclass(frozen=True)
+class Format:
+    """One dataset layout, declared once by its module (`mlic/data/formats/<name>.py`) and registered by name.
+
+    `parse(root, split, labels, settings, **options) -> (dataset or None, problems)`: `split` None is the
+    format's `default_split`; `labels` the known label names (others are problems) or None; `settings` the
+    decode settings; one keyword per `Option`. It collects every problem it can instead of stopping at the
+    first: training raises on them (or leaves unreadable images out under `data.skip_bad`), check-data lists
+    them. `layout`: one line saying what ROOT holds (help texts, docs/EXTENDING.md)."""
+
+    name: str
+    parse: Callable[..., Parsed]
+    layout: str
+    # example(root) writes a tiny labelled dataset in this exact layout (its default split) and returns each row
+    # name's positive labels: the contract tests parse it, check it and train on it (tests/test_format_contract.py).
+    example: Callable[[Path], dict[str, set[str]]]
+    options: tuple[Option, ...] = ()
+    default_split: str | None = None  # written in a check-data command only when another split is read
+
+    def option(self, key: str) -> Option | None:
+        return next((o for o in self.options if o.key == key), None)
+
+
+def example_rows(labels: Sequence[str], count: int = 24) -> list[tuple[Image.Image, list[str]]]:
+    """Images and positive labels for a format's `example`: 32 x 32 pictures whose colour and stripes follow
+    their labels, every combination of the labels (empty included) in turn."""
+    rows = []
+    for i in range(count):
+        positives = [name for c, name in enumerate(labels) if (i + 1) >> c & 1]
+        image = Image.new("RGB", (32, 32), tuple(60 + 150 * (name in positives) for name in (list(labels) * 3)[:3]))
+        for c, name in enumerate(labels):
+            if name in positives:
+                image.paste((255 - 40 * c, 40 * c, 128), (0, 8 * c, 32, 8 * c + 4))
+        rows.append((image, positives))
+    return rows
+
+
+def save_jpeg(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="JPEG", quality=95)
 
 
 def file_fingerprint(paths: Sequence[Path], extra: str) -> str:

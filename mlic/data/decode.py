@@ -21,7 +21,6 @@ from typing import IO, NamedTuple
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageColor, ImageOps
 
-from mlic.config import DataConfig
 from mlic.errors import ConfigError, DataError
 
 # What each conversion does, as check-data's warnings say it: "N image(s) <text>: files".
@@ -36,6 +35,8 @@ CONVERSIONS = {
 }
 SHOWN_FILES = 3  # files named per kind of conversion in check-data's warnings
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+BACKGROUND = "white"  # data.background's default
+MAX_PIXELS = 89_478_485  # data.max_pixels' default: Pillow's own decompression-bomb limit
 
 
 @dataclass(frozen=True)
@@ -46,16 +47,18 @@ class DecodeSettings:
     max_pixels: int
 
     @classmethod
-    def from_config(cls, cfg_data: DataConfig | None = None) -> DecodeSettings:
-        cfg_data = cfg_data or DataConfig()
+    def from_config(cls, cfg_data=None) -> DecodeSettings:
+        """From a DataConfig's `background` and `max_pixels`; None: their defaults."""
+        background = BACKGROUND if cfg_data is None else cfg_data.background
+        max_pixels = MAX_PIXELS if cfg_data is None else cfg_data.max_pixels
         try:
-            rgb = ImageColor.getrgb(cfg_data.background)
+            rgb = ImageColor.getrgb(background)
         except ValueError:
-            raise ConfigError(f"config key 'data.background': {cfg_data.background!r} is not a colour "
+            raise ConfigError(f"config key 'data.background': {background!r} is not a colour "
                               "(a name such as white or black, or '#rrggbb' in quotes)") from None
-        if cfg_data.max_pixels < 1:
-            raise ConfigError(f"config key 'data.max_pixels': {cfg_data.max_pixels} must be at least 1")
-        return cls(tuple(rgb[:3]), cfg_data.max_pixels)
+        if max_pixels < 1:
+            raise ConfigError(f"config key 'data.max_pixels': {max_pixels} must be at least 1")
+        return cls(tuple(rgb[:3]), max_pixels)
 
     @property
     def key(self) -> str:
