@@ -27,6 +27,7 @@ from mlic.data.pipeline import Data, build_data, load_split
 from mlic.data.resolution import resolve_cache_size, started_side, with_cache_size
 from mlic.ema import WeightEma
 from mlic.errors import ConfigError
+from mlic.logs import log
 from mlic.losses import build_loss
 from mlic.models import Preprocess, backbone_depths, build_model, head_prefix, is_cnn, probe
 from mlic.run_state import check_pickle_trust, latest_checkpoint
@@ -274,7 +275,7 @@ def resolved_cache_size(cfg: Config, accelerator: Accelerator, split, preprocess
                                             started)
         side = resolved.data.cache_size
     if note:
-        print(note)
+        log.info(note)
     return with_cache_size(cfg, broadcast_object_list([side])[0])
 
 

@@ -155,8 +155,8 @@ class OptimConfig:
     weight_decay: float = 0.0  # report §3.2: any decay hurt
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    # One fused kernel per step instead of a loop over parameters (~4.5x faster on CPU, the fastest on
-    # CUDA). auto: on, except under DeepSpeed, which steps its own flat fp32 partitions.
+    # One fused kernel per step instead of a loop over parameters (the faster step on CPU and on CUDA).
+    # auto: on, except under DeepSpeed, which steps its own flat fp32 partitions.
     fused: Literal["auto", "on", "off"] = "auto"
     # Fine-tuning: the head's own learning rate, and layer-wise decay (backbone layer i of n trains at
     # lr * layer_decay ** (n - i); BEiT's recipe). Unset: one learning rate for every parameter.
@@ -265,6 +265,9 @@ class RunConfig:
     # accelerate's integrations: tensorboard (RUN/tensorboard), mlflow (MLFLOW_TRACKING_URI), wandb (RUN/wandb)
     trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["tensorboard"])
     tracker_project: str = "mlic"  # the MLflow experiment / W&B project; the run is named after output_dir
+    # What the console shows of the run's messages (epoch lines, resume and stop notes: info; warnings); RUN/train.log
+    # keeps info and above whatever this says.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     RANGES: ClassVar[dict[str, Rule]] = {"output_dir": Text(), "tracker_project": Text(), "trackers": Items(unique=True)}
 

@@ -33,6 +33,7 @@ from mlic.disk import tensor_bytes, writing
 from mlic.errors import DivergedError
 from mlic.evaluation import evaluate, evaluate_epoch, predict_logits, share_buffers
 from mlic.export import export_model
+from mlic.logs import STDOUT, RunLogFile, console_level, log
 from mlic.metrics import (
     METRIC_KEYS,
     compute_metrics,
@@ -59,7 +60,8 @@ def fit(cfg: Config) -> dict[str, dict]:
         keep_freed_memory()
     set_seed(cfg.train.seed)
     last: dict[str, dict] = {}
-    with RunFolderLock(cfg.run.output_dir, accelerator), StopSignal() as stop:
+    with (console_level(cfg.run.log_level), RunFolderLock(cfg.run.output_dir, accelerator),
+          RunLogFile(cfg.run.output_dir, accelerator.is_main_process), StopSignal() as stop):
         run = build_run(cfg, accelerator)
         start_run_folder(run)
         state = resume(run)
@@ -313,16 +315,16 @@ def resume(run: Run) -> RunState:
     else:  # the same position in the epoch's global sample order, whatever the world size or batch is now
         skip = state.batches_to_skip(cfg.batch_size, cfg.grad_accum, acc.num_processes)
         if skip is None:
-            acc.print(f"warning: {path} stopped at sample {state.samples_in_epoch} of epoch {state.epoch}, not a step "
-                      f"boundary for {acc.num_processes} process(es) x batch {cfg.batch_size} x accumulation "
-                      f"{cfg.grad_accum}: the epoch restarts")
+            log.warning(f"warning: {path} stopped at sample {state.samples_in_epoch} of epoch {state.epoch}, not a step "
+                        f"boundary for {acc.num_processes} process(es) x batch {cfg.batch_size} x accumulation "
+                        f"{cfg.grad_accum}: the epoch restarts", extra=STDOUT)
             state.step_in_epoch = state.samples_in_epoch = 0
         else:
             state.step_in_epoch = skip // cfg.grad_accum
         where = (f"sample {state.samples_in_epoch} of its global order: step {state.step_in_epoch} at "
                  f"{acc.num_processes} process(es)")
     state.world_size = acc.num_processes
-    acc.print(f"resumed from {path} (epoch {state.epoch}, {where})")
+    log.info(f"resumed from {path} (epoch {state.epoch}, {where})")
     trim_metrics(run, state.epoch - 1)
     return state
 
@@ -352,7 +354,7 @@ def end_training(run: Run) -> None:
 
 
 def stopped(run: Run, state: RunState, where: str) -> dict[str, dict]:
-    run.accelerator.print(f"stopped at {where}: checkpoint saved in {run.out / 'checkpoints'}; "
+    log.info(f"stopped at {where}: checkpoint saved in {run.out / 'checkpoints'}; "
                           "run the same command again to resume")
     end_training(run)
     return {"stopped": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch}}

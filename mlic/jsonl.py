@@ -14,6 +14,7 @@ from typing import Any
 
 from mlic.disk import replace_text
 from mlic.errors import MlicError
+from mlic.logs import STDOUT, log
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -31,8 +32,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             if n != lines[-1][0]:
                 raise MlicError(f"{path}, line {n}: not a JSON object ({exc}); the file is damaged: restore it, or "
                                 "delete the run's checkpoints/ to start the run over") from None
-            print(f"warning: {path}, line {n}: a torn last line (a process stopped while writing it), dropped",
-                  flush=True)
+            log.warning(f"warning: {path}, line {n}: a torn last line (a process stopped while writing it), dropped",
+                        extra=STDOUT)
             continue
         rows.append(row)
     return rows

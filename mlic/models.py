@@ -5,7 +5,6 @@ layer, or ML-Decoder (cross-attention from label queries to the spatial features
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 
 from mlic.backbones import Preprocess, adapter_for, layer_ids
 from mlic.errors import ConfigError
+from mlic.logs import log
 
 
 class Head(nn.Sequential):
@@ -101,10 +101,9 @@ def freeze_unused(model: nn.Module, size: int) -> None:
     unused = [name for (name, param), grad in zip(trainable, grads) if grad is None]
     for name in unused:
         model.get_parameter(name).requires_grad = False
-    if unused and os.environ.get("RANK", "0") == "0":
+    if unused:
         head = type(model.get_submodule(head_prefix(model)[:-1])).__name__
-        print(f"mlic: {len(unused)} backbone parameter(s) unused with the {head} head are "
-              f"frozen (e.g. {unused[0]})")
+        log.info(f"mlic: {len(unused)} backbone parameter(s) unused with the {head} head are frozen (e.g. {unused[0]})")
 
 
 def head_prefix(model: nn.Module) -> str:

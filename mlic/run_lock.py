@@ -11,6 +11,7 @@ from pathlib import Path
 from accelerate.utils import broadcast_object_list
 
 from mlic.errors import MlicError
+from mlic.logs import STDOUT, log
 
 LOCK_FILE = ".lock"
 
@@ -56,8 +57,8 @@ class RunFolderLock:
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 return f"run folder {self.folder}: cannot lock it ({exc})"
-            print(f"warning: {self.folder}: this file system cannot lock files ({exc.strerror}); "
-                  "nothing stops two runs from sharing this run folder", flush=True)
+            log.warning(f"warning: {self.folder}: this file system cannot lock files ({exc.strerror}); "
+                        "nothing stops two runs from sharing this run folder", extra=STDOUT)
             return None
         self._file.seek(0)
         self._file.truncate()

@@ -19,6 +19,7 @@ from mlic.disk import writing
 from mlic.errors import MlicError
 from mlic.export import recover_export
 from mlic.jsonl import trim_jsonl
+from mlic.logs import log
 from mlic.ranks import on_main
 from mlic.trackers import Publisher
 
@@ -82,7 +83,7 @@ def log_epoch(run: Run, epoch: int, metrics: dict[str, dict[str, float]]) -> Non
     faults.kill_point("metrics")  # lines written, checkpoint not yet: the resume trims them
     t, v = metrics["train"], metrics["val"]
     ema = f" (EMA {metrics['val_ema']['f1_macro']:.3f} / {metrics['val_ema']['mAP']:.3f})" if "val_ema" in metrics else ""
-    acc.print(
+    log.info(
         f"epoch {epoch}/{run.cfg.train.epochs}  train loss {t['loss']:.4f} f1_macro {t['f1_macro']:.3f}  |  "
         f"val loss {v['loss']:.4f} f1_micro {v['f1_micro']:.3f} f1_macro {v['f1_macro']:.3f} mAP {v['mAP']:.3f}{ema}  |  "
         f"{t['images_per_s']:.0f} img/s"

@@ -27,6 +27,7 @@ from safetensors.torch import load_model, save_model
 from mlic import faults
 from mlic.disk import fsync_path, no_space, writing
 from mlic.errors import ConfigError, MlicError
+from mlic.logs import STDOUT, log
 from mlic.manifest import damage, manifest_bytes, write_manifest
 from mlic.ranks import RankError, on_main, raise_together
 
@@ -261,8 +262,8 @@ def _verify_newest(folder: Path, trust_pickles: bool) -> tuple[str | None, str |
                 bad.rename(bad.with_name(f".unusable-{bad.name}"))
             return path.name, None
         skipped.append(path)
-        print(f"warning: checkpoint {path} is unusable: {why}; "
-              f"{'trying the one before it' if path != found[0] else 'there is no other'}", flush=True)
+        log.warning(f"warning: checkpoint {path} is unusable: {why}; "
+                    f"{'trying the one before it' if path != found[0] else 'there is no other'}", extra=STDOUT)
     if found:
         return None, (f"no usable checkpoint in {folder} ({len(found)} damaged or unsafe, named above); restore "
                       "them from a copy, or move checkpoints/ aside to start the run over")

@@ -11,6 +11,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from mlic.logs import log
+
 # A loss scaler halves its scale at every overflow. This many in a row take even a grown scale (2^16 at the
 # start, x2 per 2000 good steps) below 2^-24: a gradient that still overflows is no scaling problem.
 OVERFLOWS_IN_A_ROW = 50
@@ -101,5 +103,5 @@ def said_compile_time(run, seconds: float) -> None:
     """Once per process start: the first step traced and compiled the training graph."""
     run.compiling = False
     t = run.cfg.train
-    run.accelerator.print(f"train.compile: the first step took {seconds:.1f} s (compiling with {t.compile_backend}, "
+    log.info(f"train.compile: the first step took {seconds:.1f} s (compiling with {t.compile_backend}, "
                           f"mode {t.compile_mode}); evaluation compiles its own graph on its first batch")

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from mlic.config import CONFIGS
 from mlic.errors import MlicError
 
@@ -35,7 +37,7 @@ class Table:
     columns: dict[str, str]  # column label -> run name (configs/tables/<key>/<run>.yaml)
     rows: list[tuple[str, str]]  # (row label, metric key)
     splits: tuple[str, ...] = ("train", "val")
-    report: dict[tuple[str, str, str], float | str] = field(default_factory=dict)  # (row, split, column)
+    report: dict[tuple[str, str, str], float | str] = field(default_factory=dict)  # (row, split, column): the report's
 
     @property
     def number(self) -> str:
@@ -43,58 +45,21 @@ class Table:
         return self.key.removeprefix("table")
 
 
-def _grid(rows, splits, columns, values):
-    """values: one list per row, in (split, column) order."""
-    return {(r, s, c): v for (r, _), vs in zip(rows, values)
-            for (s, c), v in zip([(s, c) for s in splits for c in columns], vs)}
+def _read_table(path: Path) -> Table:
+    """A table as configs/tables/<key>.yaml describes it, beside the folder of its runs."""
+    doc = yaml.safe_load(path.read_text())
+    report = {(row, split, column): value for split, rows in (doc.get("report") or {}).items()
+              for row, cells in rows.items() for column, value in cells.items()}
+    return Table(path.stem, doc["title"], dict(doc["columns"]), list(doc["rows"].items()), tuple(doc["splits"]), report)
 
 
-TABLES: dict[str, Table] = {}
-_t1_rows = [("Accuracy", "accuracy"), ("Loss", "loss")]
-TABLES["1"] = Table("table1", "Table 1: the CNN with and without data augmentation",
-                    {"Primary": "primary", "Transformed": "transformed"}, _t1_rows,
-                    report=_grid(_t1_rows, ("train", "val"), ("Primary", "Transformed"),
-                                 [[0.92, 0.93, 0.92, 0.93], [0.2, 0.18, 0.18, 0.19]]))
-TABLES["2"] = Table("table2", "Table 2: the CNN on the validation set",
-                    {"Unbalanced": "unbalanced", "Balanced": "balanced", "Weighted": "weighted"}, ROWS_FULL, ("val",),
-                    report=_grid(ROWS_FULL, ("val",), ("Unbalanced", "Balanced", "Weighted"), [
-                        [0.93, 0.92, 0.94], [0.18, 0.19, 0.29], [0.19, 0.07, 0.69], [0.68, 0.72, 0.55],
-                        [0.11, 0.03, 0.91], [0.04, 0.01, 0.49], [0.13, 0.07, 0.42], [0.03, 0.009, 0.65]]))
-_t3_rows = [("F1 (micro)", "f1_micro"), ("F1 (macro)", "f1_macro")]
-TABLES["3"] = Table("table3", "Table 3: ResNet152 vs DenseNet161", {"RN152": "resnet152", "DN161": "densenet161"},
-                    _t3_rows, report=_grid(_t3_rows, ("train", "val"), ("RN152", "DN161"),
-                                           [[0.67, 0.60, 0.72, 0.65], [0.42, 0.35, 0.44, 0.39]]))
-TABLES["4"] = Table("table4", "Table 4: ResNet152, U - unbalanced, B - balanced", {"U": "unbalanced", "B": "balanced"},
-                    ROWS_FULL, report=_grid(ROWS_FULL, ("train", "val"), ("U", "B"), [
-                        [0.95, 0.96, 0.96, 0.96], [0.12, 0.11, 0.09, 0.1], [0.64, 0.67, 0.71, 0.71],
-                        [0.75, 0.77, 0.82, 0.8], [0.57, 0.61, 0.64, 0.65], [0.38, 0.42, 0.43, 0.44],
-                        [0.45, 0.39, 0.49, 0.5], [0.36, 0.48, 0.4, 0.42]]))
-TABLES["5"] = Table("table5", "Table 5: ViT, U - unbalanced, B - balanced, W - weighted",
-                    {"U": "unbalanced", "B": "balanced", "W": "weighted"}, ROWS_FULL,
-                    report=_grid(ROWS_FULL, ("train", "val"), ("U", "B", "W"), [
-                        [0.98, 0.98, 0.94, 0.97, 0.97, 0.95], [0.06, 0.06, 0.2, 0.07, 0.07, 0.33],
-                        [0.84, 0.83, 0.72, 0.82, 0.82, 0.74], [0.86, 0.86, 0.59, 0.83, 0.85, 0.63],
-                        [0.82, 0.82, 0.94, 0.81, 0.79, 0.92], [0.54, 0.55, 0.52, 0.53, 0.54, 0.53],
-                        [0.57, 0.57, 0.45, 0.55, 0.58, 0.47], [0.54, 0.55, 0.68, 0.53, 0.54, 0.67]]))
-_t6_rows = [("Accuracy", "accuracy"), ("Loss", "loss"), ("Micro F1 score", "f1_micro"), ("Macro F1 score", "f1_macro")]
-TABLES["6"] = Table("table6", "Table 6: the final ViT, balanced and weighted", {"ViT": "final"}, _t6_rows,
-                    report=_grid(_t6_rows, ("train", "val"), ("ViT",), [[0.96, 0.96], [0.16, 0.55], [0.79, 0.75],
-                                                                        [0.66, 0.65]]))
-_ab_cols = {"baseline": "baseline", "wd 1e-4": "weight_decay_1e-4", "wd 1e-3": "weight_decay_1e-3",
-            "no dropout": "no_dropout", "no head BN": "no_head_batchnorm", "cosine": "cosine", "no schedule": "no_schedule"}
-TABLES["ablations"] = Table("ablations", "Ablations of §3-§4 on ResNet152 (the report gives no figures, only effects)",
-                            _ab_cols, [("Micro F1 score", "f1_micro"), ("Macro F1 score", "f1_macro")], ("val",),
-                            report={("Macro F1 score", "val", "wd 1e-4"): "worse", ("Macro F1 score", "val", "wd 1e-3"): "worse",
-                                    ("Micro F1 score", "val", "no dropout"): "-1 %", ("Macro F1 score", "val", "no dropout"): "-2 %",
-                                    ("Macro F1 score", "val", "no head BN"): "~half",
-                                    ("Micro F1 score", "val", "cosine"): "worse", ("Macro F1 score", "val", "cosine"): "worse",
-                                    ("Macro F1 score", "val", "no schedule"): "-2 %"})
+def _read_tables() -> dict[str, Table]:
+    """Every table by how commands name it: the report's 1-6 first, then the others by name."""
+    paths = sorted((CONFIGS / "tables").glob("*.yaml"), key=lambda p: (not p.stem.startswith("table"), p.stem))
+    return {table.number: table for table in map(_read_table, paths)}
 
-_modern_rows = [("mAP", "mAP"), ("Micro F1 score", "f1_micro"), ("Macro F1 score", "f1_macro"),
-                ("Macro F1, tuned thresholds (held-out)", "f1_macro_tuned_heldout"), ("CF1", "CF1"), ("OF1", "OF1")]
-TABLES["modern"] = Table("modern", "The report's final ViT recipe vs configs/modern.yaml (docs/RECIPES.md)",
-                         {"report": "report", "modern": "modern"}, _modern_rows, ("val",),
-                         report={("Micro F1 score", "val", "report"): 0.75, ("Macro F1 score", "val", "report"): 0.65})
+
+TABLES: dict[str, Table] = _read_tables()
 
 
 def get_table(number: str) -> Table:

@@ -25,6 +25,7 @@ from mlic.config import Config
 from mlic.disk import replace_text, writing
 from mlic.errors import ConfigError, MlicError
 from mlic.jsonl import read_jsonl, trim_jsonl
+from mlic.logs import log
 from mlic.ranks import on_main
 
 STATE_FILE = "trackers.json"
@@ -220,7 +221,7 @@ def _store_mlflow_params(tracker: MLflowTracker, config: dict[str, Any]) -> None
     if new:
         tracker.store_init_configuration(new)
     if changed:
-        print(f"note: MLflow keeps the first start's value of {', '.join(changed)} (a parameter cannot change)")
+        log.info(f"note: MLflow keeps the first start's value of {', '.join(changed)} (a parameter cannot change)")
 
 
 def _wandb_axes(run) -> None:

@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import pickle
 import shutil
-import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -42,13 +41,14 @@ from mlic.data.datasets import MultilabelImages
 from mlic.disk import space_line, writing
 from mlic.errors import DataError
 from mlic.labels import LabelMatrix
+from mlic.logs import log, note
 
 CHUNK_ROWS = 256  # rows per worker task and per progress record: a task's overhead is small next to its decoding
 # Fewer rows to decode: threads of this process. A worker process starts in seconds (spawned one after the
-# other, each importing torch): on a 16-core H200 host an 8,000-image build took 28 s with 16 processes, 3.4 s
-# in one process, 2.6 s with 4 threads (docs/PERFORMANCE.md).
+# other, each importing torch), so below this many rows the pool costs more than it saves; more threads than
+# IN_PROCESS_THREADS were slower (docs/PERFORMANCE.md, "The image cache build").
 POOL_MIN_ROWS = 100_000
-IN_PROCESS_THREADS = 4  # more threads were slower there (16: 1,321 images/s against 3,097 for 4)
+IN_PROCESS_THREADS = 4
 
 
 class NoSpaceForCache(DataError):
@@ -164,13 +164,13 @@ def _build_lock(path: Path):
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another process building the image cache {path}", file=sys.stderr, flush=True)
+            note(f"waiting for another process building the image cache {path}", every_rank=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
-            print(f"warning: {path.parent}: this file system cannot lock files ({exc.strerror}); nodes sharing "
-                  "data.cache_dir may each build the same cache", file=sys.stderr, flush=True)
+            log.warning(f"warning: {path.parent}: this file system cannot lock files ({exc.strerror}); nodes sharing "
+                        "data.cache_dir may each build the same cache", main_process_only=False)
         yield
 
 
@@ -215,8 +215,8 @@ def _pickled_for_workers(decode: Callable) -> bytes | None:
     try:
         return pickle.dumps(decode)
     except Exception as exc:  # pickle raises many types
-        print(f"warning: the dataset's decoder cannot go to worker processes ({type(exc).__name__}: {exc}); "
-              "decoding the cache in this process only", file=sys.stderr, flush=True)
+        log.warning(f"warning: the dataset's decoder cannot go to worker processes ({type(exc).__name__}: {exc}); "
+                    "decoding the cache in this process only", main_process_only=False)
         return None
 
 
@@ -310,8 +310,8 @@ def _decode_all(dataset: MultilabelImages, square: Square, path: Path, workers: 
     threads = min(workers, IN_PROCESS_THREADS)
     how = f"{workers} processes" if decode_pickle is not None else f"{threads} thread{'s' if threads > 1 else ''}"
     resuming = f" (resuming: {finished:,} done)" if done is not None else ""
-    print(f"building the image cache: {len(wanted):,} images x 3x{size}x{size} = {_gib(len(wanted) * row_bytes)} "
-          f"at {path}{resuming}, {how}", file=sys.stderr, flush=True)
+    note(f"building the image cache: {len(wanted):,} images x 3x{size}x{size} = {_gib(len(wanted) * row_bytes)} "
+         f"at {path}{resuming}, {how}", every_rank=True)
     if done is None:  # the partial file first: a done record without its partial file is never trusted
         np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))  # sparse: zeros
         done_path.write_bytes(bytes(n))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from mlic.config import DataConfig
 from mlic.data.decode import DecodeReport, DecodeSettings
 from mlic.data.registry import parse
 from mlic.labels import LabelMatrix
@@ -25,10 +24,12 @@ def check_data(root, fmt: str = "helsinki", labels: Collection[str] | None = Non
     """(problem lines, warning lines (the parser's, then the conversions'), notes). `max_pixels`: data.max_pixels (default:
     DataConfig's); `split` and the format's `options` (voc_difficult, class_list ...): as `mlic.data.registry.parse`
     takes them."""
-    cfg_data = DataConfig() if max_pixels is None else DataConfig(max_pixels=max_pixels)
+    settings = DecodeSettings.from_config()
+    if max_pixels is not None:
+        settings = DecodeSettings(settings.background, max_pixels)
     report = DecodeReport()
-    dataset, problems = parse(fmt, root, split=split, labels=labels, settings=DecodeSettings.from_config(cfg_data),
-                              decode=True, workers=workers, report=report, **options)
+    dataset, problems = parse(fmt, root, split=split, labels=labels, settings=settings, decode=True, workers=workers,
+                              report=report, **options)
     notes = [partial_summary(dataset.labels)] if dataset is not None and dataset.labels.partial else []
     warnings = [f"warning: {p.text}" for p in problems if p.warning]
     return [p.text for p in problems if not p.warning], warnings + report.lines(), notes

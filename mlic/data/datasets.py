@@ -13,7 +13,6 @@ import hashlib
 import os
 import re
 import stat
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from PIL import Image
 from mlic.data.decode import Decoded, DecodeReport, DecodeSettings, decode_image
 from mlic.errors import DataError, some
 from mlic.labels import LabelMatrix
+from mlic.logs import log
 
 IMAGE_NAME = re.compile(r"^im([0-9]+)\.jpe?g$", re.IGNORECASE)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -231,9 +231,9 @@ def usable_rows(dataset: MultilabelImages | None, problems: Sequence[Problem], c
     (or an unreadable image without `skip_unreadable`) is a DataError naming the first few; `check` is
     the command that lists them all. Warnings (an image outside the data root...) are one line on stderr."""
     warnings = [p.text for p in problems if p.warning]
-    if warnings and os.environ.get("RANK", "0") == "0":  # every process reads the data: the first one says so
-        print(printable(f"warning: {warnings[0]}" if len(warnings) == 1 else f"warning: {len(warnings)} warnings "
-                        f"about the data (`{check}` lists them): {some(warnings, 2, '; ')}"), file=sys.stderr)
+    if warnings:  # every process reads the data: the main one says so
+        log.warning(printable(f"warning: {warnings[0]}" if len(warnings) == 1 else f"warning: {len(warnings)} warnings "
+                              f"about the data (`{check}` lists them): {some(warnings, 2, '; ')}"))
     blocking = [p for p in problems if not p.harmless and not (skip_unreadable and p.row is not None)]
     if blocking or dataset is None:
         hint = printable(f"`{check}` lists every problem")  # ROOT may be any bytes
