@@ -13,8 +13,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from mlic.config import CONFIGS
 from mlic.errors import MlicError
 
@@ -46,16 +44,18 @@ class Table:
 
 
 def _read_table(path: Path) -> Table:
-    """A table as configs/tables/<key>.yaml describes it, beside the folder of its runs."""
-    doc = yaml.safe_load(path.read_text())
-    report = {(row, split, column): value for split, rows in (doc.get("report") or {}).items()
+    """A table as configs/tables/<key>/table.json describes it, beside the configs of its runs (JSON: the runs
+    are that folder's *.yaml, which slurm/tables.sh and the tests take as experiment configs)."""
+    doc = json.loads(path.read_text())
+    report = {(row, split, column): value for split, rows in doc["report"].items()
               for row, cells in rows.items() for column, value in cells.items()}
-    return Table(path.stem, doc["title"], dict(doc["columns"]), list(doc["rows"].items()), tuple(doc["splits"]), report)
+    return Table(path.parent.name, doc["title"], doc["columns"], list(doc["rows"].items()), tuple(doc["splits"]), report)
 
 
 def _read_tables() -> dict[str, Table]:
     """Every table by how commands name it: the report's 1-6 first, then the others by name."""
-    paths = sorted((CONFIGS / "tables").glob("*.yaml"), key=lambda p: (not p.stem.startswith("table"), p.stem))
+    paths = sorted((CONFIGS / "tables").glob("*/table.json"),
+                   key=lambda p: (not p.parent.name.startswith("table"), p.parent.name))
     return {table.number: table for table in map(_read_table, paths)}
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from mlic.analyze import FIGURE_LABELS
 from mlic.cli import main
 from mlic.figures import file_stems
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 LABELS = 1200
 IMAGES = 150
@@ -74,6 +74,7 @@ def openimages_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_analyze_draws_the_most_erring_labels_under_safe_names(openimages_run):
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["analyze", str(openimages_run)]) == 0
@@ -84,6 +85,7 @@ def test_analyze_draws_the_most_erring_labels_under_safe_names(openimages_run):
     assert all(re.fullmatch(r"errors_[\w.\-]+\.png", name) for name in errors), errors
 
 
+@pytest.mark.slow
 def test_report_lists_every_label_and_draws_the_capped_figures(openimages_run):
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["report", str(openimages_run)]) == 0

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from mlic.config import LossConfig, load_config
+from mlic.config import LossConfig
 from mlic.errors import ConfigError
 from mlic.losses import AsymmetricLoss, FocalLoss, build_loss
 from mlic.manifest import write_manifest
-from tests.conftest import REPO
+from tests.helpers import fit_demo
 
 
 def reference_asl(logits, target, gamma_neg=4.0, gamma_pos=1.0, clip=0.05, eps=1e-8, detach=True, weight=None):
@@ -114,22 +114,17 @@ def test_the_config_key_reaches_the_loss():
     assert build_loss(LossConfig(name="focal", asl_detach_focusing=True), labels).detach_focusing is False
 
 
-def _fit(run, *extra):
-    from mlic.engine import fit
-
-    return fit(load_config(REPO / "configs" / "demo.yaml", [
-        "data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=64", "train.max_steps_per_epoch=2",
-        "run.progress=false", "loss.name=asl", f"run.output_dir={run}", *extra]))
+OVERRIDES = ["train.max_steps_per_epoch=2", "run.progress=false", "loss.name=asl"]  # after TINY
 
 
 def test_a_checkpoint_from_before_the_key_resumes_only_with_the_old_gradient(tmp_path, capsys):
     run = tmp_path / "run"
-    _fit(run, "train.epochs=1")
+    fit_demo(run, *OVERRIDES, "train.epochs=1")
     (checkpoint,) = (run / "checkpoints").iterdir()
     state = json.loads((checkpoint / "mlic_state.json").read_text())
     assert state["identity"]["loss.asl_detach_focusing"] is True
     with pytest.raises(ConfigError, match=r"loss\.asl_detach_focusing") as refused:  # and back: new into old
-        _fit(run, "train.epochs=2", "loss.asl_detach_focusing=false")
+        fit_demo(run, *OVERRIDES, "train.epochs=2", "loss.asl_detach_focusing=false")
     assert "\n" not in str(refused.value)
     # the checkpoint as mlic wrote it before the key existed: no key, its manifest re-written to match
     del state["identity"]["loss.asl_detach_focusing"]
@@ -137,9 +132,9 @@ def test_a_checkpoint_from_before_the_key_resumes_only_with_the_old_gradient(tmp
     write_manifest(checkpoint)
     with pytest.raises(ConfigError, match=r"is for loss\.asl_detach_focusing=None, this run has "
                                           r"loss\.asl_detach_focusing=True") as refused:
-        _fit(run, "train.epochs=2")
+        fit_demo(run, *OVERRIDES, "train.epochs=2")
     assert "\n" not in str(refused.value) and "resume it with loss.asl_detach_focusing=false" in str(refused.value)
     capsys.readouterr()
-    last = _fit(run, "train.epochs=2", "loss.asl_detach_focusing=false")
+    last = fit_demo(run, *OVERRIDES, "train.epochs=2", "loss.asl_detach_focusing=false")
     assert f"resumed from {checkpoint}" in capsys.readouterr().out
     assert last["train"]["images"] == 2 * 16 and math.isfinite(last["train"]["loss"])

@@ -15,7 +15,7 @@ from mlic.errors import ConfigError
 from mlic.export import export_model, load_exported
 from mlic.model_folder import ModelFolderError
 from mlic.models import architecture, backbone_depths, build_model, head_prefix
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.test_backbones import tiny_hf
 
 

@@ -20,7 +20,7 @@ from mlic.data.split import rarest_label_split, stratified_split
 from mlic.errors import DataError
 from mlic.labels import LabelMatrix
 from mlic.sampler import MultilabelBalancedSampler
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _non_utf8(folder: Path, name: bytes) -> Path:

@@ -20,7 +20,7 @@ from mlic.data.registry import load_helsinki
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mlic.errors import DataError
 from mlic.models import Preprocess
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_cache_holds_the_decoded_images_and_serves_whole_batches(demo_dir, tmp_path):
@@ -154,6 +154,7 @@ def test_a_cache_too_large_for_its_disk_fails_before_decoding(demo_dir, tmp_path
     assert [p.name for p in tmp_path.iterdir() if p.suffix in (".partial", ".done")] == ["old.u8.partial"]
 
 
+@pytest.mark.slow
 def test_the_process_pool_builds_the_same_bytes(demo_copy, tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "POOL_MIN_ROWS", 0)
     monkeypatch.setattr(cache, "CHUNK_ROWS", 32)
@@ -199,6 +200,7 @@ print(len(decoded))
 """
 
 
+@pytest.mark.slow
 def test_two_builders_of_one_cache_decode_it_once(demo_dir, tmp_path):
     gate, out = tmp_path / "gate", tmp_path / "cache"
     logs = [tmp_path / "a.err", tmp_path / "b.err"]

@@ -11,7 +11,7 @@ from mlic.data.registry import load_dataset
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mlic.errors import DataError
 from mlic.models import Preprocess
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _one_process():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlic import cli
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _mlic(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -25,6 +25,7 @@ def _digest(folder: Path) -> str:
     return hashlib.sha256(b"".join(p.relative_to(folder).as_posix().encode() + p.read_bytes() for p in files)).hexdigest()
 
 
+@pytest.mark.slow
 def test_demo_data_command_writes_a_deterministic_corpus(tmp_path):
     for name in ("a", "b"):
         done = _mlic(tmp_path, "demo-data", name, "--images", "40", "--seed", "3")
@@ -47,6 +48,7 @@ def test_train_command_with_config_and_overrides_from_another_folder(tmp_path):
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_train_command_without_config_reads_the_shipped_default(tmp_path):
     """No --config: configs/cnn.yaml, found from any folder (an unknown key fails after reading it)."""
     done = _mlic(tmp_path, "train", "cnn", "train.no_such_key=1")

@@ -15,7 +15,7 @@ from mlic.cli import main
 from mlic.config import ModelConfig, load_config
 from mlic.errors import ConfigError
 from mlic.models import build_model
-from tests.conftest import assert_same_run, run_cmd, val_lines
+from tests.helpers import TINY, assert_same_run, run_cmd, val_lines
 from tests.test_backbones import tiny_hf
 
 
@@ -40,8 +40,9 @@ def test_compile_settings_are_checked_and_the_launch_config_cannot_compile_behin
 
 
 @pytest.mark.parametrize(("name", "head", "size"), [
-    ("cnn", "report", 32), ("resnet18", "report", 32), ("vit", "report", 32),
-    ("timm/convnext_atto", "mldecoder", 32), ("timm/mobilenetv3_small_050", "linear", 32), ("hf", "mldecoder", 32)])
+    ("cnn", "report", 32), ("resnet18", "report", 32), pytest.param("vit", "report", 32, marks=pytest.mark.slow),
+    pytest.param("timm/convnext_atto", "mldecoder", 32, marks=pytest.mark.slow),
+    pytest.param("timm/mobilenetv3_small_050", "linear", 32, marks=pytest.mark.slow), ("hf", "mldecoder", 32)])
 def test_every_backbone_family_and_head_compiles_to_the_eager_outputs_with_plain_keys(name, head, size, tmp_path):
     if name == "hf":  # a Hugging Face backbone from a local folder (the tests are offline)
         name = f"hf/{tiny_hf(tmp_path / 'vit')}"
@@ -75,15 +76,17 @@ def test_an_inductor_compiled_runs_exported_model_predicts_what_an_eager_rebuild
     assert summary["images"] == line["images"]
 
 
-TINY = ["--config", "configs/demo.yaml", "data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=32",
-        "train.epochs=2", "train.save_every_steps=4", "run.progress=false", "train.compile=true",
-        "train.compile_backend=aot_eager", "train.ema_decay=0.9", "train.select_metric=val_ema/mAP"]
+# after TINY; the last two ask for the average
+OVERRIDES = ["train.eval_batch_size=32", "train.epochs=2", "train.save_every_steps=4", "run.progress=false",
+             "train.compile=true", "train.compile_backend=aot_eager", "train.ema_decay=0.9",
+             "train.select_metric=val_ema/mAP"]
 
 
 def _train(run: Path, fault: str | None = None):
     env = {"ACCELERATE_USE_CPU": "true", **({"MLIC_FAULT": fault} if fault else {})}
     return run_cmd(["accelerate", "launch", "--config_file", "launch/multi_cpu.yaml", "--main_process_port", "29561",
-                    "train/cnn.py", *TINY, f"run.output_dir={run}"], timeout=900, env=env)
+                    "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *OVERRIDES, f"run.output_dir={run}"],
+                   timeout=900, env=env)
 
 
 @pytest.mark.slow
@@ -111,8 +114,8 @@ def test_a_compiled_deepspeed_run_trains_and_exports_plain_keys(tmp_path):
     pytest.importorskip("deepspeed")
     run = tmp_path / "run"
     done = run_cmd(["accelerate", "launch", "--config_file", "launch/deepspeed_zero2_cpu.yaml", "--main_process_port",
-                    "29563", "train/cnn.py", *TINY[:-2], "train.epochs=1", "train.save_every_steps=100",
-                    f"run.output_dir={run}"], timeout=900)
+                    "29563", "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *OVERRIDES[:-2], "train.epochs=1",
+                    "train.save_every_steps=100", f"run.output_dir={run}"], timeout=900)  # [:-2]: without the average
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]  # stdout: where a rank stopped
     assert done.stdout.count("train.compile: the first step took") == 1
     assert not [k for k in load_file(run / "model" / "model.safetensors") if "_orig_mod" in k]

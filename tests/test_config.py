@@ -8,7 +8,7 @@ import yaml
 from mlic.config import Config, config_from_dict, load_config, save_resolved
 from mlic.errors import ConfigError
 from mlic.models import head_prefix
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SHIPPED = sorted((REPO / "configs").rglob("*.yaml"))
 

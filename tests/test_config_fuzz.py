@@ -18,7 +18,7 @@ import pytest
 from mlic.cli import main
 from mlic.config import Config, load_config
 from mlic.ranges import Range, undeclared
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # keys whose generic candidates would be slow, unsafe or meaningless here, and what to try instead
 SPECIAL: dict[str, list] = {

@@ -19,7 +19,7 @@ from mlic.data.cache import build_cache, cache_path, open_cache
 from mlic.data.decode import DecodeSettings, decode_image
 from mlic.data.formats import parse_csv
 from mlic.errors import ConfigError, DataError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DEFAULT = DecodeSettings.from_config()
 ADOBE_RGB = Path("/usr/share/color/icc/compatibleWithAdobeRGB1998.icc")  # Debian's icc-profiles-free

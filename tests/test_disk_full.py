@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.conftest import assert_same_run
+from tests.helpers import assert_same_run
 from tests.test_durability import _run, straight_run
 
 pytestmark = pytest.mark.slow

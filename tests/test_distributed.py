@@ -7,10 +7,9 @@ import pytest
 import yaml
 
 from mlic.sampler import MultilabelBalancedSampler
-from tests.conftest import run_cmd
+from tests.helpers import TINY, metrics_lines, run_cmd
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
-TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=32"]
 
 
 def _launch(config: str, script: list[str], port: int):
@@ -40,12 +39,12 @@ def test_balanced_sampler_is_split_across_two_ranks_without_overlap_or_loss(tmp_
 
 def test_two_process_training_evaluates_exactly_the_val_set(tmp_path):
     run = tmp_path / "run"
-    done = _launch("multi_cpu.yaml", ["train/cnn.py", "--config", "configs/demo.yaml", *TINY, "train.epochs=1",
-                                      f"run.output_dir={run}"], 29532)
+    done = _launch("multi_cpu.yaml", ["train/cnn.py", "--config", "configs/demo.yaml", *TINY,
+                                      "train.eval_batch_size=32", "train.epochs=1", f"run.output_dir={run}"], 29532)
     assert done.returncode == 0, done.stderr[-3000:]
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["_provenance"]["world_size"] == 2
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics_lines(run)
     assert [x["split"] for x in lines] == ["train", "val"]  # one writer: the main process
     assert lines[1]["images"] == cfg["_provenance"]["val_images"]
     steps = cfg["_provenance"]["train_images"] // 16 // 2

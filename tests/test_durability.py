@@ -15,24 +15,23 @@ import pytest
 import torch
 
 from mlic.manifest import write_manifest
-from tests.conftest import REPO, assert_same_run
+from tests.helpers import REPO, TINY, assert_same_run, metrics_lines
 
 pytestmark = pytest.mark.slow
-TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=8", "train.epochs=3",
-        "train.save_every_steps=5", "train.log_every=5", "train.stop_check_every=2", "train.ema_decay=0.9",
-        "run.progress=false"]
+OVERRIDES = ["train.eval_batch_size=8", "train.epochs=3", "train.save_every_steps=5", "train.log_every=5",  # after TINY
+             "train.stop_check_every=2", "train.ema_decay=0.9", "run.progress=false"]
 
 
 def _run(run: Path, fault: str | None = None, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MLIC_FAULT"}
     if fault:
         env["MLIC_FAULT"] = fault
-    return subprocess.run([sys.executable, "train/cnn.py", "--config", "configs/demo.yaml", *TINY,
+    return subprocess.run([sys.executable, "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *OVERRIDES,
                            f"run.output_dir={run}", *extra], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
 
 
 def straight_run(tmp_path_factory) -> Path:
-    """The uninterrupted run of TINY, to compare with."""
+    """The uninterrupted run of TINY and OVERRIDES, to compare with."""
     run = tmp_path_factory.mktemp("straight") / "run"
     done = _run(run)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -108,7 +107,7 @@ def test_planted_damaged_and_torn_files_fall_back_and_the_run_ends_as_the_uninte
         assert "resumed from" in done.stdout
         assert not marker.exists()
     assert_same_run(straight, run, [1, 2, 3])
-    assert [(x["epoch"], x["split"]) for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == \
+    assert [(x["epoch"], x["split"]) for x in metrics_lines(run)] == \
         [(e, s) for e in (1, 2, 3) for s in ("train", "val", "val_ema")]
 
 
@@ -127,7 +126,6 @@ def test_a_stop_during_evaluation_saves_the_trained_epoch_and_the_resume_only_ev
     # Not trained again: every line equals the uninterrupted run's, train lines included (a retrained epoch 1
     # would have moved the weights on), and the last checkpoint is at the same step.
     ignore = {"images_per_s", "data_wait"}  # timings
-    a, b = ([{k: v for k, v in json.loads(x).items() if k not in ignore}
-             for x in (r / "metrics.jsonl").read_text().splitlines()] for r in (straight, run))
+    a, b = ([{k: v for k, v in x.items() if k not in ignore} for x in metrics_lines(r)] for r in (straight, run))
     assert a == b
     assert _newest(run).name == _newest(straight).name

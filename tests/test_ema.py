@@ -2,7 +2,6 @@
 resumes it (the 2-process kill and resume of an EMA run is in tests/test_resume_distributed.py)."""
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,9 +13,9 @@ from mlic.build import check_ema
 from mlic.config import load_config
 from mlic.ema import WeightEma
 from mlic.errors import ConfigError
-from tests.conftest import REPO
+from tests.helpers import fit_demo, metrics_lines
 
-TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=64", "run.progress=false"]
+OVERRIDES = ["run.progress=false"]  # after TINY
 
 
 def _model():
@@ -76,16 +75,10 @@ def test_deepspeed_is_refused_in_one_line():
     check_ema(cfg, SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))  # DDP: fine
 
 
-def _fit(run: Path, *overrides: str):
-    from mlic.engine import fit
-
-    return fit(load_config(REPO / "configs/demo.yaml", [*TINY, f"run.output_dir={run}", *overrides]))
-
-
 def test_an_ema_run_reports_selects_exports_and_checkpoints_the_average(tmp_path):
     run = tmp_path / "run"
-    _fit(run, "train.epochs=2", "train.ema_decay=0.9", "train.select_metric=val_ema/mAP")
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    fit_demo(run, *OVERRIDES, "train.epochs=2", "train.ema_decay=0.9", "train.select_metric=val_ema/mAP")
+    lines = metrics_lines(run)
     assert [(x["epoch"], x["split"]) for x in lines] == [(e, s) for e in (1, 2) for s in ("train", "val", "val_ema")]
     for epoch in (1, 2):
         val, ema = (next(x for x in lines if x["epoch"] == epoch and x["split"] == s) for s in ("val", "val_ema"))
@@ -124,7 +117,7 @@ def test_val_ema_needs_an_ema_and_a_checkpoint_keeps_its_average(tmp_path):
     with pytest.raises(ConfigError, match="val_ema/: with train.ema_decay set"):
         check_select_metric(load_config(None, ["train.select_metric=val_ema/mAP"]))
     run = tmp_path / "run"
-    _fit(run, "train.epochs=1", "train.max_steps_per_epoch=2", "train.ema_decay=0.9")
+    fit_demo(run, *OVERRIDES, "train.epochs=1", "train.max_steps_per_epoch=2", "train.ema_decay=0.9")
     # resuming it without the average (or the other way round) would lose or invent one: refused, saying why
     with pytest.raises(ConfigError, match="ema"):
-        _fit(run, "train.epochs=2", "train.max_steps_per_epoch=2")
+        fit_demo(run, *OVERRIDES, "train.epochs=2", "train.max_steps_per_epoch=2")

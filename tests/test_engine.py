@@ -12,26 +12,15 @@ from safetensors.torch import load_file
 from mlic.config import load_config
 from mlic.errors import ConfigError
 from mlic.metrics import METRIC_KEYS
-from tests.conftest import REPO
+from tests.helpers import REPO, fit_demo, metrics_lines
 
-TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=64"]
 SPEC_KEYS = {"epoch", "split", "loss", "images_per_s", *METRIC_KEYS}
-
-
-def _fit(overrides, config="configs/demo.yaml"):
-    from mlic.engine import fit
-
-    return fit(load_config(REPO / config, overrides))
-
-
-def _lines(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_demo_fit_writes_the_run_folder(tmp_path):
     run = tmp_path / "run"
-    last = _fit([*TINY, "train.epochs=2", f"run.output_dir={run}"])
-    lines = _lines(run)
+    last = fit_demo(run, "train.epochs=2")
+    lines = metrics_lines(run)
     assert [(x["epoch"], x["split"]) for x in lines] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
     for line in lines:
         assert SPEC_KEYS <= set(line), SPEC_KEYS - set(line)
@@ -62,7 +51,9 @@ def test_demo_recipe_beats_trivial_baselines(tmp_path):
     """The shipped demo config, as the README runs it: val macro-F1 well above the best data-blind predictor
     (all-negative, all-positive, or each label drawn at its prior rate)."""
     run = tmp_path / "run"
-    last = _fit([f"run.output_dir={run}"])
+    from mlic.engine import fit
+
+    last = fit(load_config(REPO / "configs" / "demo.yaml", [f"run.output_dir={run}"]))
     from mlic.data.demo import demo_root
     from mlic.data.registry import load_helsinki
     from mlic.metrics import compute_metrics
@@ -77,13 +68,14 @@ def test_demo_recipe_beats_trivial_baselines(tmp_path):
     assert last["val"]["f1_macro"] > best + 0.25, (last["val"]["f1_macro"], all_negative, all_positive, prior)
 
 
-@pytest.mark.parametrize("name", ["resnet152", "densenet161", "vit"])
+@pytest.mark.parametrize("name", [pytest.param("resnet152", marks=pytest.mark.slow),
+                                  pytest.param("densenet161", marks=pytest.mark.slow), "vit"])
 def test_pretrained_models_train_a_step_through_the_engine(tmp_path, monkeypatch, name):
     import torchvision.models as tvm
     from transformers import ViTConfig, ViTModel
 
-    overrides = [*TINY, "train.batch_size=4", "data.image_size=32", "train.max_steps_per_epoch=1", "train.epochs=1",
-                 f"run.output_dir={tmp_path / 'run'}", "data.cache=off", "eval.thresholds=fixed"]
+    overrides = ["train.batch_size=4", "data.image_size=32", "train.max_steps_per_epoch=1", "train.epochs=1",
+                 "data.cache=off", "eval.thresholds=fixed"]
     if name == "vit":
         config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                            image_size=32, patch_size=8)
@@ -98,7 +90,7 @@ def test_pretrained_models_train_a_step_through_the_engine(tmp_path, monkeypatch
         assert cache.is_relative_to(tmp_path)
         cache.mkdir(parents=True)
         torch.save(getattr(tvm, name)(weights=None).state_dict(), cache / file)
-    last = _fit(overrides, f"configs/{name}.yaml")
+    last = fit_demo(tmp_path / "run", *overrides, config=f"configs/{name}.yaml")
     assert last["train"]["images"] == 4
     assert last["val"]["images"] == yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["_provenance"]["val_images"]
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
@@ -106,7 +98,7 @@ def test_pretrained_models_train_a_step_through_the_engine(tmp_path, monkeypatch
 
 def test_config_errors_come_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="model.num_labels"):
-        _fit([*TINY, "model.num_labels=5", f"run.output_dir={tmp_path}"])
+        fit_demo(tmp_path, "model.num_labels=5")
     assert not (tmp_path / "metrics.jsonl").exists()
 
 

@@ -14,7 +14,7 @@ from mlic.config import ModelConfig
 from mlic.data.demo import write_demo_data
 from mlic.export import INFERENCE, load_exported
 from mlic.models import architecture, build_model
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 FIXTURES = REPO / "tests" / "fixtures" / "exported_0088e5a"
 FOLDERS = ("cnn", "timm_test_vit", "hf_vit", "vit")  # trained 1 epoch on 32 demo images (make.py)

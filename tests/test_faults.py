@@ -20,34 +20,23 @@ from safetensors.torch import load_file
 
 from mlic.config import load_config
 from mlic.errors import ConfigError, DataError, MlicError
-from tests.conftest import REPO
+from tests.helpers import REPO, TINY, assert_same_run, fit_demo, metrics_lines
 
-TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=64", "train.epochs=3",
-        "train.save_every_steps=5", "run.progress=false"]
-COMPARED = ("loss", "accuracy", "subset_accuracy", "f1_micro", "f1_macro", "precision_macro", "recall_macro", "mAP")
+OVERRIDES = ["train.epochs=3", "train.save_every_steps=5", "run.progress=false"]  # after TINY
+ONE_EPOCH = [*OVERRIDES, "train.epochs=1"]  # the fits in this process, below
 
 
 def _cmd(run: Path, extra=()):
-    return [sys.executable, "train/cnn.py", "--config", "configs/demo.yaml", *TINY, f"run.output_dir={run}", *extra]
-
-
-def _lines(run: Path):
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [sys.executable, "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *OVERRIDES, f"run.output_dir={run}",
+            *extra]
 
 
 def _same_result(a: Path, b: Path):
     """Same lines, same validation metrics, same exported weights. Train lines are compared by (epoch, split)
     only: the train metrics of an epoch interrupted and resumed are an estimate over the part trained after
     the resume, while the weights (hence every val line) must be those of the uninterrupted run."""
-    la, lb = _lines(a), _lines(b)
-    assert [(x["epoch"], x["split"]) for x in la] == [(x["epoch"], x["split"]) for x in lb]
-    val_a, val_b = [x for x in la if x["split"] == "val"], [x for x in lb if x["split"] == "val"]
-    assert val_a, "no val line to compare"
-    for x, y in zip(val_a, val_b):
-        for key in COMPARED:
-            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["epoch"], x["split"], key)
-    wa, wb = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert [(x["epoch"], x["split"]) for x in metrics_lines(a)] == [(x["epoch"], x["split"]) for x in metrics_lines(b)]
+    assert_same_run(a, b, [1, 2, 3])
 
 
 @pytest.fixture(scope="module")
@@ -120,22 +109,15 @@ def test_sigusr1_and_sigterm_set_the_stop_request():
             stop.restore()
 
 
-def _fit(tmp_path, *extra):
-    from mlic.engine import fit
-
-    return fit(load_config(REPO / "configs" / "demo.yaml", [*TINY, "train.epochs=1", f"run.output_dir={tmp_path / 'run'}",
-                                                             *extra]))
-
-
 def test_non_finite_loss_stops_naming_the_step_and_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("MLIC_FAULT", "nan:7")
     with pytest.raises(MlicError, match=r"non-finite loss or gradient norm at step 7 .*last good checkpoint: .*epoch0001-step00000005"):
-        _fit(tmp_path, "train.log_every=1")
+        fit_demo(tmp_path / "run", *ONE_EPOCH, "train.log_every=1")
 
 
 def test_non_finite_steps_can_be_skipped_and_counted(tmp_path, monkeypatch):
     monkeypatch.setenv("MLIC_FAULT", "nan:4")
-    last = _fit(tmp_path, "train.skip_nonfinite=true")
+    last = fit_demo(tmp_path / "run", *ONE_EPOCH, "train.skip_nonfinite=true")
     assert last["train"]["skipped_steps"] == 1
     assert math.isfinite(last["train"]["loss"])  # the skipped step's NaN loss is left out of the mean
     assert all(torch.isfinite(v).all() for v in load_file(tmp_path / "run" / "model" / "model.safetensors").values())
@@ -144,9 +126,9 @@ def test_non_finite_steps_can_be_skipped_and_counted(tmp_path, monkeypatch):
 def test_unreadable_image_stops_before_training_unless_skipped(demo_copy, tmp_path):
     (demo_copy / "images" / "im7.jpg").write_bytes(b"\xff\xd8\xff broken")
     with pytest.raises(DataError, match=r"im7\.jpg: cannot read image"):
-        _fit(tmp_path, f"data.root={demo_copy}")
+        fit_demo(tmp_path / "run", *ONE_EPOCH, f"data.root={demo_copy}")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
-    last = _fit(tmp_path, f"data.root={demo_copy}", "data.skip_bad=true", "run.output_dir=" + str(tmp_path / "skip"))
+    last = fit_demo(tmp_path / "skip", *ONE_EPOCH, f"data.root={demo_copy}", "data.skip_bad=true")
     assert last["train"]["skipped_images"] == 1
     assert json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[0])["skipped_images"] == 1
 
@@ -159,31 +141,32 @@ def test_unreadable_image_stops_before_training_unless_skipped(demo_copy, tmp_pa
 ])
 def test_bad_configuration_is_one_error_before_training(tmp_path, override, needle):
     with pytest.raises(ConfigError, match=needle):
-        _fit(tmp_path, override)
+        fit_demo(tmp_path / "run", *ONE_EPOCH, override)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
-    _fit(tmp_path)
+    fit_demo(tmp_path / "run", *ONE_EPOCH)
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
     with pytest.raises(ConfigError, match=r"checkpoint \S+epoch0001-step\d+ is for model='cnn', this run has "
                                           r"model='resnet50'; use another run\.output_dir"):
-        _fit(tmp_path, "model.name=resnet50", "model.pretrained=false", "data.image_size=32", "train.epochs=2")
+        fit_demo(tmp_path / "run", *ONE_EPOCH, "model.name=resnet50", "model.pretrained=false", "data.image_size=32",
+                 "train.epochs=2")
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before  # refused before any work
 
 
 def test_a_checkpoint_of_another_label_set_is_refused(demo_copy, tmp_path):
-    _fit(tmp_path, f"data.root={demo_copy}")
+    fit_demo(tmp_path / "run", *ONE_EPOCH, f"data.root={demo_copy}")
     old = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["label_names"]
     (demo_copy / "annotations" / "baby.txt").rename(demo_copy / "annotations" / "infant.txt")
     new = sorted(["infant" if x == "baby" else x for x in old])
     with pytest.raises(ConfigError, match=rf"is for label_names={re.escape(repr(old))}, this run has "
                                           rf"label_names={re.escape(repr(new))}; use another run\.output_dir"):
-        _fit(tmp_path, f"data.root={demo_copy}", "train.epochs=2")
+        fit_demo(tmp_path / "run", *ONE_EPOCH, f"data.root={demo_copy}", "train.epochs=2")
 
 
 def test_exported_model_is_loaded_without_pickle(tmp_path, monkeypatch):
-    _fit(tmp_path)
+    fit_demo(tmp_path / "run", *ONE_EPOCH)
     from mlic.export import load_exported
 
     def no_pickle(*args, **kwargs):

@@ -14,7 +14,7 @@ from mlic.cli import main
 from mlic.config import config_from_dict, load_config
 from mlic.data.mosaic import FASHION_DIR, write_mosaics
 from mlic.metrics import compute_metrics
-from tests.conftest import REPO, assert_same_run, run_cmd, val_lines
+from tests.helpers import REPO, TINY, assert_same_run, run_cmd, val_lines
 from tests.test_backbones import tiny_hf
 
 pytestmark = pytest.mark.slow
@@ -77,14 +77,14 @@ def test_the_exported_fine_tuned_model_predicts_as_its_validation_pass(fine_tune
         assert ours[key] == pytest.approx(line[key], abs=1e-4), key
 
 
-TINY = ["data.demo_images=300", "data.image_size=32", "train.batch_size=16", "train.eval_batch_size=32",
-        "train.epochs=2", "train.save_every_steps=4", "run.progress=false", "sampler.name=none"]
+OVERRIDES = ["data.image_size=32", "train.eval_batch_size=32", "train.epochs=2", "train.save_every_steps=4",  # after TINY
+             "run.progress=false", "sampler.name=none"]
 
 
 def _launch(model: str, run, port: int, *extra: str, fault: str | None = None):
     env = {"ACCELERATE_USE_CPU": "true", **({"MLIC_FAULT": fault} if fault else {})}
     return run_cmd(["accelerate", "launch", "--config_file", "launch/multi_cpu.yaml", "--main_process_port", str(port),
-                    "train/any.py", model, *TINY, *extra, f"run.output_dir={run}"], timeout=900, env=env)
+                    "train/any.py", model, *TINY, *OVERRIDES, *extra, f"run.output_dir={run}"], timeout=900, env=env)
 
 
 @pytest.mark.multiprocess

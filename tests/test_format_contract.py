@@ -28,7 +28,7 @@ from mlic.data.registry import check_command, load_dataset, parse
 from mlic.engine import fit
 from mlic.errors import ConfigError
 from mlic.labels import LabelMatrix
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 # ---- the toy format: ROOT/labels.jsonl, one {"file": ..., "<tags_key>": [...]} per line

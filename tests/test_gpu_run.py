@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mlic.engine as engine
-from tests.conftest import REPO, run_cmd
+from tests.helpers import REPO, run_cmd
 
 
 def _sync_debug():

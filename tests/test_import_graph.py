@@ -4,7 +4,7 @@ import that exists only to dodge a circle is the circle still. Read from the sou
 import ast
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PACKAGE = REPO / "mlic"
 

@@ -68,6 +68,7 @@ def test_unreadable_images_stop_predict_unless_allowed(trained, demo_dir, tmp_pa
     assert out.read_text().splitlines()[1] == " ".join(["0"] * 14)
 
 
+@pytest.mark.slow
 def test_analyze_writes_every_figure(trained):
     assert main(["analyze", str(trained)]) == 0
     expected = ["label_distribution", "sampled_label_distribution", "class_weights", "confusion_matrices",

@@ -6,7 +6,6 @@ network and no 5 GB install; mlic itself is built from a copy of the checkout an
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -20,10 +19,11 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from tests.conftest import REPO
+from tests.helpers import REPO, TINY, metrics_lines
 
-TINY = ["train.epochs=1", "train.batch_size=16", "train.eval_batch_size=64", "train.max_steps_per_epoch=2",
-        "data.image_size=32", "data.num_workers=0", "run.progress=false"]
+# after TINY (whose data.demo_images goes unused: these runs read data.root)
+OVERRIDES = ["train.epochs=1", "train.max_steps_per_epoch=2", "data.image_size=32", "data.num_workers=0",
+             "run.progress=false"]
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +109,15 @@ def test_installed_mlic_trains_from_any_folder_with_shipped_configs(installed, t
 
     # `--config` with a file of the checkout, as the README writes it
     done = _mlic(installed, tmp_path, "train", "cnn", "--config", str(REPO / "configs" / "demo.yaml"),
-                 "data.root=data", "run.output_dir=run-demo", *TINY)
+                 "data.root=data", "run.output_dir=run-demo", *TINY, *OVERRIDES)
     assert done.returncode == 0, done.stderr
-    lines = [json.loads(x) for x in (tmp_path / "run-demo" / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics_lines(tmp_path / "run-demo")
     assert {(x["epoch"], x["split"]) for x in lines} >= {(1, "train"), (1, "val")}
     assert (tmp_path / "run-demo" / "model" / "config.json").is_file()
 
     # no --config: the configs/cnn.yaml shipped in the wheel (its lr and pos_weight are not the defaults)
-    done = _mlic(installed, tmp_path, "train", "cnn", "data.root=data", "run.output_dir=run-default", *TINY)
+    done = _mlic(installed, tmp_path, "train", "cnn", "data.root=data", "run.output_dir=run-default", *TINY,
+                 *OVERRIDES)
     assert done.returncode == 0, done.stderr
     resolved = yaml.safe_load((tmp_path / "run-default" / "config.yaml").read_text())
     assert resolved["loss"]["pos_weight"] == "auto" and resolved["optim"]["lr"] == pytest.approx(1e-3)

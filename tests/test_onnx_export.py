@@ -13,12 +13,11 @@ from PIL import Image
 
 from mlic.cli import main
 from mlic.config import load_config
-from tests.conftest import REPO
+from tests.helpers import REPO, TINY, fit_demo
 
 TOLERANCE = 1e-4  # on probabilities; probs.csv rounds to 6 decimals (5e-7 of it)
 IMAGES = 12
-TINY = ["data.demo_images=300", "train.batch_size=16", "train.epochs=1", "train.max_steps_per_epoch=2",
-        "train.eval_batch_size=64"]
+OVERRIDES = ["train.epochs=1", "train.max_steps_per_epoch=2"]  # after TINY
 
 
 def _vit_folder(folder):
@@ -45,7 +44,7 @@ def images(tmp_path_factory):
     im1.jpg ... in image-number order, as predict writes its rows."""
     from mlic.data.pipeline import load_split
 
-    dataset, _, val_rows = load_split(load_config(REPO / "configs" / "demo.yaml", TINY))
+    dataset, _, val_rows = load_split(load_config(REPO / "configs" / "demo.yaml", [*TINY, *OVERRIDES]))
     folder = tmp_path_factory.mktemp("predict") / "images"
     folder.mkdir()
     for n, row in enumerate(val_rows[:IMAGES], start=1):
@@ -54,10 +53,8 @@ def images(tmp_path_factory):
 
 
 def _model_dir(name, tmp_path_factory):
-    from mlic.engine import fit
-
     tmp = tmp_path_factory.mktemp(name)
-    fit(load_config(REPO / "configs" / "demo.yaml", [*TINY, *_overrides(name, tmp), f"run.output_dir={tmp / 'run'}"]))
+    fit_demo(tmp / "run", *OVERRIDES, *_overrides(name, tmp))
     return tmp / "run" / "model"
 
 
@@ -130,7 +127,7 @@ def test_cnn_onnx_matches_predict_and_resizes_in_the_graph(cnn_model, images, tm
     _assert_onnx_matches_predict(cnn_model, images, tmp_path, capsys)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vit", "cnn-uncached"])
+@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=pytest.mark.slow), "vit", "cnn-uncached"])
 def test_onnx_matches_predict(name, images, tmp_path_factory, tmp_path, capsys):
     _assert_onnx_matches_predict(_model_dir(name, tmp_path_factory), images, tmp_path, capsys)
 

@@ -5,7 +5,6 @@ alike, are hidden (written neither as `label` nor as `-label` in the csv); valid
 truth. Hiding only negatives would make masking and "unknown = negative" identical, so both are hidden.
 """
 
-import json
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from mlic.config import load_config
 from mlic.data.mosaic import FASHION_DIR, write_mosaics
 from mlic.data.registry import load_helsinki
-from tests.conftest import REPO
+from tests.helpers import REPO, val_lines
 
 pytestmark = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
 
@@ -52,7 +51,7 @@ def _train(root, run, unknown_as: str) -> list[dict]:
         "data.format=csv", f"data.root={root}", "data.split=train", "data.val_split=val",
         f"data.unknown_as={unknown_as}", "loss.pos_weight=none", "train.epochs=6", "run.progress=false",
         f"run.output_dir={run}"]))
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"split": "val"' in x]
+    return val_lines(run)
 
 
 def test_the_csv_writes_half_of_the_entries_as_unknown(partial_corpus):

@@ -12,7 +12,7 @@ from PIL import Image
 import mlic
 from mlic.errors import DataError, MlicError
 from mlic.inference import evaluate_model
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")

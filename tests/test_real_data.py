@@ -1,6 +1,5 @@
 """The demo recipe on real photos: Fashion-MNIST mosaics (Debian's dataset-fashion-mnist, MIT)."""
 
-import json
 
 import pytest
 
@@ -8,7 +7,7 @@ from mlic.cli import main
 from mlic.config import load_config
 from mlic.data.mosaic import FASHION_DIR, write_mosaics
 from mlic.data.registry import load_helsinki
-from tests.conftest import REPO
+from tests.helpers import REPO, val_lines
 
 pytestmark = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
 
@@ -22,7 +21,7 @@ def test_demo_recipe_learns_real_photos_well_above_the_label_prior(tmp_path):
     assert not (test / "annotations").exists()
     run = tmp_path / "run"
     fit(load_config(REPO / "configs" / "demo.yaml", [f"data.root={root}", f"run.output_dir={run}"]))
-    val = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
+    val = val_lines(run)
     prior = load_helsinki(root).targets.mean(0).mean()  # the mAP of a constant (label-prior) predictor
     best = max(line["mAP"] for line in val)
     assert best >= 2 * prior and best >= prior + 0.2, (best, prior)

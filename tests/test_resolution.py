@@ -22,7 +22,7 @@ from mlic.data.resolution import resolve_cache_size
 from mlic.errors import MlicError
 from mlic.inference import evaluate_model
 from mlic.models import Preprocess, build_model
-from tests.conftest import REPO, val_lines
+from tests.helpers import REPO, val_lines
 
 COURSE = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.name != "finetune.yaml" and p.parent.name != "gpu"
                 and p.name != "gpu.yaml")

@@ -21,13 +21,12 @@ import pytest
 import yaml
 
 from mlic.data.demo import demo_root
-from tests.conftest import REPO, VAL_COMPARED, assert_same_run, run_cmd
+from tests.helpers import REPO, TINY, VAL_COMPARED, assert_same_run, metrics_lines, run_cmd
 from tests.test_durability import plant
 from tests.test_partial_labels import write_csv
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
-TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=32", "train.epochs=2",
-        "train.save_every_steps=4", "run.progress=false"]
+OVERRIDES = ["train.eval_batch_size=32", "train.epochs=2", "train.save_every_steps=4", "run.progress=false"]
 RECIPE = ["train.ema_decay=0.9", "loss.name=asl", "augment.policy=randaugment", "augment.cutout=0.5",
           "augment.mixup=0.4", "augment.cutmix=1.0", "train.select_metric=val_ema/mAP", "sampler.name=balanced",
           "augment.random_resized_crop=true"]  # from the 128-px cache to the demo's 64-px input
@@ -45,12 +44,8 @@ def _train(kind: str, run, port: int, fault: str | None = None, *extra: str):
             write_csv(demo_root(300, 0), partial, "labels", hide=1 / 3, seed=0)
         recipe = [*recipe, "data.format=csv", f"data.root={partial}"]
     return run_cmd(["accelerate", "launch", "--config_file", f"launch/{config}", "--main_process_port", str(port),
-                    "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *recipe, f"run.output_dir={run}", *extra],
-                   timeout=900, env=env)
-
-
-def _lines(run, split: str) -> list[dict]:
-    return [x for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if x["split"] == split]
+                    "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *OVERRIDES, *recipe, f"run.output_dir={run}",
+                    *extra], timeout=900, env=env)
 
 
 @pytest.mark.parametrize(("kind", "port"), [("ddp", 29541), ("deepspeed", 29543)])
@@ -63,7 +58,7 @@ def test_two_process_run_killed_after_a_mid_epoch_checkpoint_resumes_exactly(tmp
     provenance = yaml.safe_load((straight / "config.yaml").read_text())["_provenance"]
     assert provenance["world_size"] == 2 and (kind == "deepspeed") == ("DEEPSPEED" in provenance["distributed_type"])
     # every rank's share counted once: whole steps of 2 x 16 in training, the whole val split in evaluation
-    epoch1 = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()][:2]
+    epoch1 = metrics_lines(straight)[:2]
     assert epoch1[0]["images"] == provenance["train_images"] // 32 * 32
     assert epoch1[1]["images"] == provenance["val_images"]
     state = json.loads(next((straight / "checkpoints").glob("epoch*/mlic_state.json")).read_text())
@@ -98,16 +93,17 @@ def test_two_process_run_killed_after_a_mid_epoch_checkpoint_resumes_exactly(tmp
         newest = kept[0]
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout and newest in done.stdout
+    assert done.stdout.count("resumed from") == 1  # a run-level event: the main process says it, once per run
 
     assert_same_run(straight, resumed, [1, 2])  # val lines of the weights, and the exported model
     if kind == "ddp":  # the average: its own val lines, exported, and apart from the weights
-        a, b = _lines(straight, "val_ema"), _lines(resumed, "val_ema")
+        a, b = metrics_lines(straight, "val_ema"), metrics_lines(resumed, "val_ema")
         assert [x["epoch"] for x in a] == [x["epoch"] for x in b] == [1, 2]
         for x, y in zip(a, b):
             for key in VAL_COMPARED:
                 assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["epoch"], key)
         assert json.loads((resumed / "model" / "config.json").read_text())["weights"] == "ema"
-        assert any(abs(r["loss"] - e["loss"]) > 1e-4 for r, e in zip(_lines(straight, "val"), a))
+        assert any(abs(r["loss"] - e["loss"]) > 1e-4 for r, e in zip(metrics_lines(straight, "val"), a))
 
 
 def test_a_full_disk_under_two_processes_stops_every_rank_with_one_line_and_the_same_command_resumes(tmpfs):
@@ -116,7 +112,7 @@ def test_a_full_disk_under_two_processes_stops_every_rank_with_one_line_and_the_
     the error printed once, and after the disk grows the same command resumes from the first checkpoint."""
     run = tmpfs.path / "run"
     cmd = ["accelerate", "launch", "--config_file", "launch/multi_cpu.yaml", "--main_process_port", "29571",
-           "train/cnn.py", "--config", "configs/demo.yaml", *TINY, f"run.output_dir={run}",
+           "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *OVERRIDES, f"run.output_dir={run}",
            f"data.cache_dir={tmpfs.path / 'cache'}"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "MLIC_FAULT": "fill-checkpoint:2",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -135,4 +131,4 @@ def test_a_full_disk_under_two_processes_stops_every_rank_with_one_line_and_the_
     done = run_cmd(cmd, timeout=600, env={"ACCELERATE_USE_CPU": "true", "MLIC_FAULT": ""})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout and "epoch0001-step00000004" in done.stdout
-    assert [x["epoch"] for x in _lines(run, "val")] == [1, 2]
+    assert [x["epoch"] for x in metrics_lines(run, "val")] == [1, 2]

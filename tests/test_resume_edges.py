@@ -3,37 +3,25 @@ micro-step inside a gradient accumulation, select metrics the run never reports,
 folder. Each went wrong before (a checkpoint no rerun could resume, NaN weights, a KeyError after the
 first epoch, a rank left waiting)."""
 
-import json
 import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from mlic.config import load_config
 from mlic.errors import ConfigError, MlicError
-from tests.conftest import REPO
+from tests.helpers import fit_demo, val_lines
 
-# 235 training images at batch 16: 14 steps an epoch; stop checks at step 7 and at step 14, the last
-TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=64", "train.epochs=2",
-        "train.stop_check_every=7", "run.progress=false"]
-
-
-def _fit(run, *extra):
-    from mlic.engine import fit
-
-    return fit(load_config(REPO / "configs" / "demo.yaml", [*TINY, f"run.output_dir={run}", *extra]))
+# after TINY. 235 training images at batch 16: 14 steps an epoch; stop checks at step 7 and at step 14, the last
+OVERRIDES = ["train.epochs=2", "train.stop_check_every=7", "run.progress=false"]
 
 
-def _val(run):
-    return [x for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if x["split"] == "val"]
-
-
+@pytest.mark.slow
 def test_a_stop_asked_during_an_epochs_last_steps_is_honoured_after_the_epoch_and_resumes(tmp_path, monkeypatch):
     from mlic.preemption import StopSignal
 
     straight = tmp_path / "straight"
-    _fit(straight)
+    fit_demo(straight, *OVERRIDES)
     calls = []
     real = StopSignal.requested
 
@@ -43,12 +31,12 @@ def test_a_stop_asked_during_an_epochs_last_steps_is_honoured_after_the_epoch_an
 
     monkeypatch.setattr(StopSignal, "requested", from_the_second_check)
     run = tmp_path / "run"
-    assert _fit(run) == {"stopped": {"epoch": 2, "step_in_epoch": 0}}  # after epoch 1 and its checkpoint
+    assert fit_demo(run, *OVERRIDES) == {"stopped": {"epoch": 2, "step_in_epoch": 0}}  # after epoch 1 and its checkpoint
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["epoch0001-step00000014"]
     monkeypatch.setattr(StopSignal, "requested", real)
-    last = _fit(run)
+    last = fit_demo(run, *OVERRIDES)
     assert last["train"]["images"] == 14 * 16
-    for x, y in zip(_val(straight), _val(run), strict=True):
+    for x, y in zip(val_lines(straight), val_lines(run), strict=True):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5) and x["mAP"] == pytest.approx(y["mAP"], rel=1e-5)
     wa, wb = load_file(straight / "model" / "model.safetensors"), load_file(run / "model" / "model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
@@ -67,7 +55,7 @@ def test_a_non_finite_micro_step_skips_its_whole_accumulation(tmp_path, monkeypa
     """The NaN comes in the first micro-step of an accumulation of 2; the second is finite. The step must
     be skipped (before: the NaN gradient stayed accumulated and the finite micro-step applied it)."""
     monkeypatch.setenv("MLIC_FAULT", "nan:3")
-    last = _fit(tmp_path / "run", "train.epochs=1", "train.grad_accum=2", "train.skip_nonfinite=true")
+    last = fit_demo(tmp_path / "run", *OVERRIDES, "train.epochs=1", "train.grad_accum=2", "train.skip_nonfinite=true")
     assert last["train"]["skipped_steps"] == 1
     assert last["train"]["images"] == (7 - 1) * 2 * 16 and math.isfinite(last["train"]["loss"])
     weights = load_file(tmp_path / "run" / "model" / "model.safetensors")
@@ -78,11 +66,11 @@ def test_a_non_finite_micro_step_skips_its_whole_accumulation(tmp_path, monkeypa
                                        ["train.select_metric=val/f1_macro_tuned", "eval.thresholds=fixed"]])
 def test_a_select_metric_the_run_never_reports_is_refused_before_training(tmp_path, overrides):
     with pytest.raises(ConfigError, match=r"train\.select_metric.*is not a metric of this run"):
-        _fit(tmp_path / "run", *overrides)
+        fit_demo(tmp_path / "run", *OVERRIDES, *overrides)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_an_unwritable_run_folder_is_one_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(MlicError, match=r"run folder .*file/run: cannot write into it"):
-        _fit(tmp_path / "file" / "run")
+        fit_demo(tmp_path / "file" / "run", *OVERRIDES)

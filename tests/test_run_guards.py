@@ -9,18 +9,19 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, run_cmd
+from tests.helpers import REPO, TINY, run_cmd
 
-TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=64", "run.progress=false"]
+OVERRIDES = ["run.progress=false"]
 
 
 def _train(run, *extra):
-    return [sys.executable, "train/cnn.py", "--config", "configs/demo.yaml", *TINY, f"run.output_dir={run}", *extra]
+    return [sys.executable, "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *OVERRIDES, f"run.output_dir={run}",
+            *extra]
 
 
 def _launch_two(run, port: int, env: dict, *extra):
     return ["accelerate", "launch", "--config_file", "launch/multi_cpu.yaml", "--main_process_port", str(port),
-            "train/cnn.py", "--config", "configs/demo.yaml", *TINY, f"run.output_dir={run}", *extra]
+            "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *OVERRIDES, f"run.output_dir={run}", *extra]
 
 
 @pytest.mark.multiprocess
@@ -67,6 +68,7 @@ def test_a_second_run_on_a_live_run_folder_exits_1_and_a_dead_ones_folder_is_tak
     assert again.returncode == 0, again.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_plain_cpu_run_prints_nothing_of_deepspeed(tmp_path):
     pytest.importorskip("deepspeed")  # installed (the dev extra): accelerate imports it whenever it is there
     done = run_cmd(_train(tmp_path / "run", "train.epochs=1", "train.max_steps_per_epoch=2"), timeout=300)

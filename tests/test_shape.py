@@ -3,7 +3,7 @@
 import ast
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 LIMITS = {"fit": 60, "train_one_epoch": 50}
 MAX_FUNCTION, MAX_FILE = 60, 400

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 FAKE_SRUN = """#!/usr/bin/env bash
 # fake srun: run the step once per node, as SLURM would, with that node's SLURM_NODEID

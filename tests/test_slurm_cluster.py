@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, assert_same_run, val_lines
+from tests.helpers import REPO, assert_same_run, val_lines
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 CLUSTER = REPO / "tests" / "cluster" / "slurm_cluster.sh"

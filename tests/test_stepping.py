@@ -7,7 +7,6 @@ No GPU here: accelerate runs fp16 on the CPU without a GradScaler or autocast, s
 the scaler it makes on a GPU (`torch.amp.GradScaler("cpu")`) before `prepare`, and turns on its native AMP
 (CPU autocast to float16): the same code path as a GPU run's."""
 
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -16,17 +15,11 @@ from accelerate.utils import DistributedType
 
 from mlic.config import load_config
 from mlic.errors import MlicError
-from tests.conftest import REPO
+from tests.helpers import REPO, TINY, fit_demo, metrics_lines
 
 INIT_SCALE = 2.0**24  # the demo CNN's float16 gradients overflow above ~2^18: the first steps overflow
-TINY = ["data.demo_images=300", "train.eval_batch_size=64", "train.epochs=1", "run.progress=false",
-        "data.image_size=32", "eval.thresholds=fixed"]  # 236 training images
-
-
-def _fit(run, *overrides):
-    from mlic.engine import fit
-
-    return fit(load_config(REPO / "configs" / "demo.yaml", [*TINY, f"run.output_dir={run}", *overrides]))
+# after TINY (batch 32: demo.yaml's own, where a test sets none). 236 training images
+OVERRIDES = ["train.batch_size=32", "train.epochs=1", "run.progress=false", "data.image_size=32", "eval.thresholds=fixed"]
 
 
 def _flat(tensors) -> torch.Tensor:
@@ -87,7 +80,7 @@ def _windows_step_with_their_mean(seen, first_micro_step: int, micro_steps: int,
 def test_the_last_partial_window_steps_with_the_mean_of_its_micro_batches(tmp_path, vit, gradients):
     """236 images in batches of 16: 14 micro-batches, windows of 4, 4, 4 and 2. Before issue 28 the last
     window stepped with 2/4 of its mean gradient."""
-    _fit(tmp_path / "run", *vit)
+    fit_demo(tmp_path / "run", *OVERRIDES, *vit)
     assert _windows_step_with_their_mean(gradients, 0, 14) == [4, 4, 4, 2]
     small = torch.stack(gradients["micro"][12:]).mean(0)
     assert float((gradients["steps"][3] - small / 2).abs().max()) > 1e-4 * float(small.abs().max())  # can fail
@@ -97,16 +90,16 @@ def test_a_run_resumed_mid_epoch_weighs_its_windows_by_their_place_in_the_epoch(
     """Stopped after step 1 (SIGTERM), resumed: the resumed loop counts micro-steps from 4, not 0, and its
     last window (micro-batches 12 and 13) still steps with their mean."""
     monkeypatch.setenv("MLIC_FAULT", "term-step:1")
-    assert "stopped" in _fit(tmp_path / "run", *vit, "train.stop_check_every=1")
+    assert "stopped" in fit_demo(tmp_path / "run", *OVERRIDES, *vit, "train.stop_check_every=1")
     monkeypatch.delenv("MLIC_FAULT")
     gradients["micro"].clear()
     gradients["steps"].clear()
-    _fit(tmp_path / "run", *vit)
+    fit_demo(tmp_path / "run", *OVERRIDES, *vit)
     assert _windows_step_with_their_mean(gradients, 4, 14) == [4, 4, 2]
 
 
 def test_max_steps_per_epoch_leaves_only_full_windows(tmp_path, vit, gradients):
-    _fit(tmp_path / "run", *vit, "train.max_steps_per_epoch=3")
+    fit_demo(tmp_path / "run", *OVERRIDES, *vit, "train.max_steps_per_epoch=3")
     assert _windows_step_with_their_mean(gradients, 0, 12) == [4, 4, 4]
 
 
@@ -144,19 +137,21 @@ def fp16_on_cpu(monkeypatch):
 
 @pytest.mark.parametrize("extra", [["train.clip_grad_norm=1.0"], ["train.clip_grad_norm=1.0", "train.skip_nonfinite=true"],
                                    []], ids=["clip", "clip-skip_nonfinite", "no-clip"])
+@pytest.mark.slow
 def test_fp16_overflows_are_skipped_steps_with_the_scaler_updated(tmp_path, fp16_on_cpu, extra):
     """Before issue 28: with clipping the first overflow stopped the run as non-finite; with skip_nonfinite
     the scaler was never updated and the next unscale_ raised."""
-    last = _fit(tmp_path / "run", "train.batch_size=16", "train.max_steps_per_epoch=10", *extra)
+    last = fit_demo(tmp_path / "run", *OVERRIDES, "train.batch_size=16", "train.max_steps_per_epoch=10", *extra)
     scales = fp16_on_cpu
     assert len(scales) == 10  # the scaler saw every step
     overflows = sum(b < a for a, b in zip([INIT_SCALE, *scales], scales))  # each overflow halves the scale
     assert 1 <= overflows < 10, scales
     assert last["train"]["skipped_steps"] == overflows
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics_lines(tmp_path / "run")
     assert lines[0]["skipped_steps"] == overflows and lines[1]["split"] == "val"
 
 
+@pytest.mark.slow
 def test_fp16_overflowing_forever_still_stops_as_non_finite(tmp_path, fp16_on_cpu, monkeypatch):
     """A gradient that is inf whatever the scale: the 50th overflow in a row is divergence (59 steps)."""
     import mlic.engine as engine
@@ -171,7 +166,7 @@ def test_fp16_overflowing_forever_still_stops_as_non_finite(tmp_path, fp16_on_cp
 
     monkeypatch.setattr(engine, "forward_backward", inf_gradient)
     with pytest.raises(MlicError, match=rf"non-finite loss or gradient norm at step {OVERFLOWS_IN_A_ROW} "):
-        _fit(tmp_path / "run", "train.batch_size=4", "train.clip_grad_norm=1.0", "train.log_every=1")
+        fit_demo(tmp_path / "run", *OVERRIDES, "train.batch_size=4", "train.clip_grad_norm=1.0", "train.log_every=1")
     assert len(fp16_on_cpu) == OVERFLOWS_IN_A_ROW and fp16_on_cpu[-1] == INIT_SCALE / 2**OVERFLOWS_IN_A_ROW
 
 
@@ -214,6 +209,7 @@ def test_an_accumulation_set_outside_train_grad_accum_is_refused_at_start(tmp_pa
     from mlic.errors import ConfigError
 
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "3")
-    cfg = load_config(REPO / "configs" / "demo.yaml", [*TINY, "train.grad_accum=2", f"run.output_dir={tmp_path}"])
+    overrides = [*TINY, *OVERRIDES, "train.grad_accum=2", f"run.output_dir={tmp_path}"]
+    cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
     with pytest.raises(ConfigError, match=r"'train.grad_accum': 2, but accelerate's .* is 3"):
         preflight(cfg)

@@ -7,7 +7,7 @@ import pytest
 
 from mlic.cli import main
 from mlic.tables import TABLES, commands, get_table, train_entry
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.mark.parametrize("number", list(TABLES))

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from mlic.config import load_config
-from tests.conftest import REPO, run_cmd
+from tests.helpers import REPO, TINY, metrics_lines, run_cmd
 
-TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=32", "train.epochs=3",
-        "train.log_every=2", "run.progress=false", "run.trackers=[tensorboard,mlflow,wandb]", "run.tracker_project=mlic-test"]
+OVERRIDES = ["train.eval_batch_size=32", "train.epochs=3", "train.log_every=2", "run.progress=false",
+             "run.trackers=[tensorboard,mlflow,wandb]", "run.tracker_project=mlic-test"]
 COMPARED = ("val/mAP", "val/f1_macro", "train/loss", "val/loss")
 
 
@@ -30,11 +30,12 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def _train(run: Path, env: dict, fault: str | None = None):
     env = {**env, **({"MLIC_FAULT": fault} if fault else {})}
     return run_cmd(["accelerate", "launch", "--config_file", "launch/multi_cpu.yaml", "--main_process_port", "29547",
-                    "train/cnn.py", "--config", "configs/demo.yaml", *TINY, f"run.output_dir={run}"], timeout=900, env=env)
+                    "train/cnn.py", "--config", "configs/demo.yaml", *TINY, *OVERRIDES, f"run.output_dir={run}"],
+                   timeout=900, env=env)
 
 
 def _expected(run: Path) -> dict[tuple[str, int], float]:
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics_lines(run)
     return {(f"{x['split']}/{k}", x["epoch"]): v for x in lines for k, v in x.items() if isinstance(v, float)}
 
 
@@ -106,7 +107,7 @@ def test_a_run_folder_whose_checkpoints_were_deleted_starts_a_new_mlflow_run(tmp
     for run_id in (first, second["mlflow"]):
         assert [m.step for m in client.get_metric_history(run_id, "val/mAP")] == [1]
         assert sorted(m.step for m in client.get_metric_history(run_id, "step/loss")) == [1, 2]
-    assert [x["epoch"] for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 1]
+    assert [x["epoch"] for x in metrics_lines(run)] == [1, 1]
 
 
 def test_a_run_folder_without_checkpoints_starts_new_tracker_runs(tmp_path):
@@ -139,6 +140,7 @@ def test_a_missing_tracker_library_is_a_config_error(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_optional_libraries_are_not_imported_by_a_default_run(tmp_path):
     """The base install stays as it is: a run with the default trackers and evaluate import none of mlflow,
     wandb, onnx, onnxruntime. (DeepSpeed's autotuner, which accelerate imports when DeepSpeed is installed,

@@ -13,20 +13,9 @@ import yaml
 from safetensors.torch import load_file
 
 from mlic.config import load_config
-from tests.conftest import REPO
+from tests.helpers import REPO, fit_demo, metrics_lines
 
-TINY = ["data.demo_images=300", "train.batch_size=16", "train.eval_batch_size=64", "train.epochs=1",
-        "run.progress=false", "data.image_size=32"]
-
-
-def _fit(run: Path, *overrides):
-    from mlic.engine import fit
-
-    return fit(load_config(REPO / "configs" / "demo.yaml", [*TINY, f"run.output_dir={run}", *overrides]))
-
-
-def _lines(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+OVERRIDES = ["train.epochs=1", "run.progress=false", "data.image_size=32"]  # after TINY
 
 
 def _provenance(run: Path) -> dict:
@@ -70,7 +59,7 @@ def test_grad_accum_2_at_batch_16_is_one_step_at_batch_32(tmp_path):
             "16x1": ["train.batch_size=16", "train.grad_accum=1"]}
     weights = {}
     for name, extra in runs.items():
-        last = _fit(tmp_path / name, *common, *extra)
+        last = fit_demo(tmp_path / name, *OVERRIDES, *common, *extra)
         assert last["train"]["images"] == (16 if name == "16x1" else 32)
         weights[name], meta = _exported(tmp_path / name)
         assert meta["epoch"] == 1
@@ -85,10 +74,10 @@ def test_clip_grad_norm_bounds_the_gradient_the_optimizer_sees(tmp_path, record_
     """Adam's update barely depends on the gradient's scale, so clipping is checked where it acts: the total
     gradient norm handed to the optimizer."""
     common = ["train.max_steps_per_epoch=3", "eval.thresholds=fixed"]
-    _fit(tmp_path / "free", *common)
+    fit_demo(tmp_path / "free", *OVERRIDES, *common)
     free = [s["grad_norm"] for s in record_adam_steps]
     record_adam_steps.clear()
-    _fit(tmp_path / "clipped", *common, "train.clip_grad_norm=0.01")
+    fit_demo(tmp_path / "clipped", *OVERRIDES, *common, "train.clip_grad_norm=0.01")
     clipped = [s["grad_norm"] for s in record_adam_steps]
     assert len(free) == len(clipped) == 3
     assert max(free) > 0.02, free  # without clipping the bound would not be reached: the test can fail
@@ -100,7 +89,7 @@ def test_cosine_with_interval_step_anneals_every_step_to_zero(tmp_path, record_a
     """`schedule.interval=step`: the lr changes at every optimizer step and follows one cosine over all the
     steps of all epochs (ignoring `interval` would hold it for a whole epoch)."""
     run = tmp_path / "run"
-    _fit(run, "schedule.name=cosine", "schedule.interval=step", "train.epochs=2", "eval.thresholds=fixed")
+    fit_demo(run, *OVERRIDES, "schedule.name=cosine", "schedule.interval=step", "train.epochs=2", "eval.thresholds=fixed")
     steps_per_epoch = _provenance(run)["train_images"] // 16  # drop_last
     total = 2 * steps_per_epoch
     lrs = [s["lr"] for s in record_adam_steps]
@@ -142,9 +131,9 @@ def test_best_model_is_the_lowest_loss_or_the_highest_f1(tmp_path, monkeypatch):
 
         monkeypatch.setattr(evaluation, "evaluate", scripted)
         run = tmp_path / metric.replace("/", "_")
-        _fit(run, "train.epochs=3", "train.max_steps_per_epoch=2", "eval.thresholds=fixed",
+        fit_demo(run, *OVERRIDES, "train.epochs=3", "train.max_steps_per_epoch=2", "eval.thresholds=fixed",
              f"train.select_metric={metric}")
-        val = {x["epoch"]: x[metric.removeprefix("val/")] for x in _lines(run) if x["split"] == "val"}
+        val = {x["epoch"]: x[metric.removeprefix("val/")] for x in metrics_lines(run) if x["split"] == "val"}
         assert val == dict(enumerate(SCRIPTED[metric.removeprefix("val/")], start=1))
         _, meta = _exported(run)
         assert meta["epoch"] == expected, (metric, val, meta["epoch"])
@@ -161,7 +150,7 @@ def _demo_rows(demo_dir: Path) -> list[tuple[str, list[str]]]:
 
 
 def _check_one_epoch(run: Path, images: int, label_names: list[str]) -> None:
-    lines = _lines(run)
+    lines = metrics_lines(run)
     assert [(x["epoch"], x["split"]) for x in lines] == [(1, "train"), (1, "val")]
     provenance = _provenance(run)
     assert provenance["train_images"] + provenance["val_images"] == images
@@ -184,7 +173,7 @@ def test_csv_dataset_through_a_whole_fit(demo_dir, tmp_path):
             fh.write(f"images/{name},{'|'.join(rename.get(x, x) for x in labels)}\n")
     expected = sorted({rename.get(x, x) for _, labels in rows for x in labels})
     assert "person" in expected and "people" not in expected
-    _fit(tmp_path / "run", "data.format=csv", f"data.root={root}")
+    fit_demo(tmp_path / "run", *OVERRIDES, "data.format=csv", f"data.root={root}")
     _check_one_epoch(tmp_path / "run", len(rows), expected)
 
 
@@ -197,7 +186,7 @@ def test_hf_dataset_through_a_whole_fit(demo_dir, tmp_path):
     table = table.cast_column("picture", datasets.Image())
     datasets.DatasetDict({"labelled": table}).save_to_disk(str(tmp_path / "hf"))
     expected = sorted({x for _, labels in rows for x in labels})
-    _fit(tmp_path / "run", "data.format=hf", f"data.root={tmp_path / 'hf'}", "data.image_column=picture",
+    fit_demo(tmp_path / "run", *OVERRIDES, "data.format=hf", f"data.root={tmp_path / 'hf'}", "data.image_column=picture",
          "data.label_column=tags", "data.hf_split=labelled")
     _check_one_epoch(tmp_path / "run", len(rows), expected)
-    assert np.isfinite(_lines(tmp_path / "run")[1]["loss"])
+    assert np.isfinite(metrics_lines(tmp_path / "run")[1]["loss"])
