@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from mlic.manifest import damage, manifest_bytes, write_manifest
-from mlic.run_state import RunState, complete_checkpoints
+from mlic.training.manifest import damage, manifest_bytes, write_manifest
+from mlic.training.run_state import RunState, complete_checkpoints
 
 
 def main() -> None:

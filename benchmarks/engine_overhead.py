@@ -46,7 +46,7 @@ class BareLoop:
 
     def __init__(self, cfg, images: torch.Tensor, targets: torch.Tensor, mlic_optimizer: bool):
         """The model of mlic's run `cfg`; PyTorch's default Adam, or the optimizer mlic builds for `cfg`."""
-        from mlic.engine import build_optimizer
+        from mlic.training.engine import build_optimizer
 
         torch.manual_seed(0)
         self.model, _ = build_model(cfg.model, targets.shape[1])
@@ -83,7 +83,7 @@ def interleaved(model_name: str, root: Path, cache_dir: Path, out: Path, epochs:
 
     mlic's time for an epoch: its training loop plus its checkpoint (`engine.save_checkpoint`, accelerate's
     `save_state`, synchronous), timed apart so that the report can show what the checkpoint costs."""
-    import mlic.engine as engine
+    import mlic.training.engine as engine
 
     cfg = load_config(None, [
         f"model.name={model_name}", "model.pretrained=false", f"data.root={root}", f"data.cache_dir={cache_dir}",

@@ -38,8 +38,8 @@ from mlic.data.cache import CachedImages, build_cache, collate_batch
 from mlic.data.demo import write_demo_data
 from mlic.data.registry import load_helsinki
 from mlic.data.transforms import DeviceTransform
-from mlic.engine import build_optimizer
 from mlic.models import build_model, is_cnn
+from mlic.training.engine import build_optimizer
 
 REPO = Path(__file__).resolve().parent.parent
 GMACS = {"resnet152": 11.56, "densenet161": 7.79, "vit": 17.58, "timm/vit_base_patch16_224": 17.58}
@@ -56,7 +56,7 @@ def bare_model(name: str, mode: str, args, device):
     cnn = is_cnn(model)
     model = model.to(device, memory_format=torch.channels_last if cnn and device.type == "cuda" else torch.preserve_format)
     if mode == "compiled":
-        from mlic.build import compile_model
+        from mlic.training.build import compile_model
         compile_model(cfg, argparse.Namespace(distributed_type="NO"), model)
     transform = DeviceTransform(args.image_size, pre.mean, pre.std, AugmentConfig(),
                                 channels_last=cnn and device.type == "cuda").to(device)
@@ -198,7 +198,7 @@ def parse_args(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True  # as mlic.build sets it under CUDA
+    torch.backends.cudnn.benchmark = True  # as mlic.training.build sets it under CUDA
     scratch = tempfile.TemporaryDirectory(prefix="mlic-gpu-")  # removed at exit: data, caches, runs (GBs)
     os.environ.setdefault("MLIC_CACHE", str(Path(scratch.name) / "mlic-cache"))  # fit's subprocesses share it
     loader = loader_for(args, Path(scratch.name))

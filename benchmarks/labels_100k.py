@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import mlic.engine
-import mlic.evaluation
+import mlic.training.engine
+import mlic.training.evaluation
 from mlic.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,9 +73,9 @@ def run(root: Path, out: Path, sigterm_after: float | None) -> dict:
 
     timer = threading.Timer(sigterm_after or 0, send)
 
-    originals = [(mlic.engine, "train_one_epoch", timed(mlic.engine, "train_one_epoch", times)),
-                 (mlic.engine, "evaluate_epoch", timed(mlic.engine, "evaluate_epoch", times)),
-                 (mlic.evaluation, "split_metrics", timed(mlic.evaluation, "split_metrics", times,
+    originals = [(mlic.training.engine, "train_one_epoch", timed(mlic.training.engine, "train_one_epoch", times)),
+                 (mlic.training.engine, "evaluate_epoch", timed(mlic.training.engine, "evaluate_epoch", times)),
+                 (mlic.training.evaluation, "split_metrics", timed(mlic.training.evaluation, "split_metrics", times,
                                                           timer.start if sigterm_after is not None else None))]
     cfg = load_config(REPO / "configs" / "demo.yaml", [
         "data.format=csv", f"data.root={root}", "data.split=train", "data.val_split=val", "data.image_size=32",
@@ -83,7 +83,7 @@ def run(root: Path, out: Path, sigterm_after: float | None) -> dict:
         f"run.output_dir={out}"])
     start = time.perf_counter()
     try:
-        result = mlic.engine.fit(cfg)
+        result = mlic.training.engine.fit(cfg)
     finally:
         timer.cancel()  # fit returned first: no signal after its handlers are gone
         for module, name, original in originals:

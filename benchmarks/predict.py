@@ -33,7 +33,7 @@ def median_rate(fn, n: int, repeats: int) -> tuple[float, object]:
 
 def train_tiny(model: str, root: Path, images: int) -> Path:
     from mlic.config import load_config
-    from mlic.engine import fit
+    from mlic.training.engine import fit
 
     repo = Path(__file__).resolve().parent.parent
     run = root / "run"
@@ -53,7 +53,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     import mlic
     from mlic.data.demo import demo_root
-    from mlic.inference import evaluate_model
+    from mlic.serving.inference import evaluate_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = train_tiny(args.model, Path(tmp), args.images)
@@ -81,7 +81,7 @@ def onnx_rates(model_dir: Path, paths, repeats: int, results: dict) -> None:
         print("onnxruntime not installed: pip install 'mlic[onnx]'")
         return
     import mlic
-    from mlic.onnx_export import export_onnx_command
+    from mlic.serving.onnx_export import export_onnx_command
 
     onnx_file = model_dir.parent / "model.onnx"
     export_onnx_command(str(model_dir), str(onnx_file), 18, True)

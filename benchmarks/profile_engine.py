@@ -21,16 +21,16 @@ import torch
 
 from mlic.config import load_config
 from mlic.data.demo import write_demo_data
-from mlic.engine import fit
+from mlic.training.engine import fit
 
 PARTS = {  # (file suffix, function name) -> part; cumulative times, not overlapping within the loop
     ("torch/autograd/__init__.py", "backward"): "backward",
     ("torch/optim/optimizer.py", "wrapper"): "optimizer step",
-    ("mlic/engine.py", "train_one_epoch"): "training loop (all)",
-    ("mlic/engine.py", "evaluate"): "evaluation",
-    ("mlic/engine.py", "save_checkpoint"): "checkpoint",
-    ("mlic/engine.py", "export_best"): "export of the best model",
-    ("mlic/run_log.py", "_data_figures"): "figures 1-3 (once per run)",
+    ("mlic/training/engine.py", "train_one_epoch"): "training loop (all)",
+    ("mlic/training/engine.py", "evaluate"): "evaluation",
+    ("mlic/training/engine.py", "save_checkpoint"): "checkpoint",
+    ("mlic/training/engine.py", "export_best"): "export of the best model",
+    ("mlic/training/run_log.py", "_data_figures"): "figures 1-3 (once per run)",
 }
 
 
@@ -70,7 +70,7 @@ def main() -> None:
         # forward: the nn.Module calls made by the training loop itself (model, loss, device transform)
         if path.endswith("torch/nn/modules/module.py") and func == "_wrapped_call_impl":
             forward += sum(c[3] for (caller, _, caller_func), c in callers.items()
-                           if caller.endswith("mlic/engine.py") and caller_func == "train_one_epoch")
+                           if caller.endswith("mlic/training/engine.py") and caller_func == "train_one_epoch")
     loop = found.get("training loop (all)", 0.0)
     model_work = found.get("backward", 0.0) + found.get("optimizer step", 0.0) + forward
     print(f"{args.model}, {args.epochs} epochs, fit() {total:.2f} s (profiled)")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mlic.config import load_config  # noqa: E402
 from mlic.data.mosaic import write_mosaics  # noqa: E402
-from mlic.engine import fit  # noqa: E402
+from mlic.training.engine import fit  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # The report's recipe (§2-§3): weighted BCE, the balanced sampler, flips + ColorJitter, no average.

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import torch._dynamo.utils as dynamo_utils
 
-import mlic.engine as engine
-import mlic.evaluation as evaluation
+import mlic.training.engine as engine
+import mlic.training.evaluation as evaluation
 from mlic.config import load_config
 
 

@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mlic.config import load_config  # noqa: E402
-from mlic.engine import fit  # noqa: E402
-from mlic.inference import evaluate_model  # noqa: E402
+from mlic.serving.inference import evaluate_model  # noqa: E402
+from mlic.training.engine import fit  # noqa: E402
 from tests.pretrained import lite0_weights_file, photos_dir  # noqa: E402
 
 # ImageNet class of each foolbox photo -> a coarse label; each label has >= 2 photos (one held out for the test)

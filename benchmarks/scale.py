@@ -194,7 +194,7 @@ def metric_inputs_section(ctx: dict) -> dict:
 
 
 def metrics_section(ctx: dict) -> dict:
-    """Every key of a tuned evaluation (`mlic.evaluation.split_metrics`: METRIC_KEYS, *_tuned, the held-out F1)."""
+    """Every key of a tuned evaluation (`mlic.training.evaluation.split_metrics`: METRIC_KEYS, *_tuned, the held-out F1)."""
     from mlic.metrics import label_stats, stats_metrics
 
     with measured() as m:

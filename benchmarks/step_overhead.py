@@ -3,7 +3,7 @@
     python benchmarks/step_overhead.py [--model resnet18] [--blocks 8] [--steps 4]
 
 Two copies of the same model (same init), one bare, one prepared by Accelerate and driven exactly as
-`mlic.engine.train_one_epoch` drives it per step: per-step seeding, the batched device transform,
+`mlic.training.engine.train_one_epoch` drives it per step: per-step seeding, the batched device transform,
 `accumulate`/`backward`, the finiteness flag, the optimizer wrapper, the device-side output buffer.
 Blocks of `--steps` steps alternate between the two; medians of the per-step times. Isolates the
 step from what happens between epochs (evaluation, checkpoints), which `engine_overhead.py` includes.
@@ -21,8 +21,8 @@ from accelerate import Accelerator
 
 from mlic.config import load_config
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DeviceTransform
-from mlic.engine import seed_step
 from mlic.models import build_model
+from mlic.training.engine import seed_step
 
 
 def main() -> None:

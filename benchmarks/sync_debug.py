@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import mlic.engine as engine
+import mlic.training.engine as engine
 from mlic.config import load_config
 
 RECIPE = ["augment.policy=randaugment", "augment.cutout=0.5", "augment.mixup=0.4", "augment.cutmix=1.0",

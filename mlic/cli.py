@@ -25,7 +25,7 @@ def default_config(model: str) -> Path:
 def by_library(model: str) -> bool:
     """A name under a backbone library's prefix (timm/..., hf/...), not one of the report's fixed names. The
     registry is imported on use: its adapters load torchvision, which most commands need not."""
-    from mlic.backbones import by_prefix
+    from mlic.models.backbones import by_prefix
 
     return by_prefix(model)
 
@@ -52,14 +52,14 @@ def _train_run(model: str, argv: list[str] | None) -> int:
         named = [f"model.name={model}"] if by_library(model) else []
         cfg = load_config(args.config or default_config(model), named + args.overrides)
         if args.dry_run:
-            from mlic.build import dry_run
+            from mlic.training.build import dry_run
 
             plan = dry_run(cfg)
             if os.environ.get("RANK", "0") == "0":
                 print("dry run, nothing trained: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
                                                               for k, v in plan.items()))
             return 0
-        from mlic.engine import fit
+        from mlic.training.engine import fit
 
         fit(cfg)  # a stop request ends it early, after its checkpoint: exit 0, rerunning resumes
     except MlicError as exc:
@@ -140,20 +140,20 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    from mlic.inference import predict_command
+    from mlic.serving.inference import predict_command
 
     return predict_command(args.model_dir, args.images, args.out, args.probs, args.allow_bad, args.batch_size,
                            args.workers)
 
 
 def _evaluate(args) -> int:
-    from mlic.inference import evaluate_command
+    from mlic.serving.inference import evaluate_command
 
     return evaluate_command(args.model_dir, args.data_root, args.split, args.json, args.format)
 
 
 def _analyze(args) -> int:
-    from mlic.analyze import analyze
+    from mlic.reporting.analyze import analyze
 
     for path in analyze(Path(args.run_dir), args.data, args.examples):
         print(path)
@@ -161,20 +161,20 @@ def _analyze(args) -> int:
 
 
 def _export(args) -> int:
-    from mlic.onnx_export import export_onnx_command
+    from mlic.serving.onnx_export import export_onnx_command
 
     return export_onnx_command(args.model_dir, args.onnx, args.opset, args.check)
 
 
 def _report(args) -> int:
-    from mlic.report import write_report
+    from mlic.reporting.report import write_report
 
     print(write_report(Path(args.run_dir), args.data))
     return 0
 
 
 def _tables(args) -> int:
-    from mlic.tables import tables_command
+    from mlic.reporting.tables import tables_command
 
     return tables_command(args.table, args.scale, args.dry_run, args.collect, args.overrides, args.runs, args.submit,
                           args.sbatch_args)

@@ -230,7 +230,7 @@ class TrainConfig:
     # DeepSpeed reads its engine state only by unpickling it, which runs whatever code the file names: resume
     # DeepSpeed checkpoints only from a run folder you trust (nothing else in a checkpoint is unpickled).
     trust_checkpoint_pickles: bool = False
-    keep_host_memory: bool = True  # CPU runs: reuse freed tensor memory, no page faults per step (mlic/allocator.py)
+    keep_host_memory: bool = True  # CPU runs: reuse freed tensor memory, no page faults per step (mlic/training/allocator.py)
     seed: int = 0
     max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
     skip_nonfinite: bool = False  # skip steps with a non-finite loss/gradient (one host sync per step)

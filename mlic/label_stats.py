@@ -8,7 +8,7 @@ thresholds tuned on each half of the images. TP, predicted and actual positives 
 images predicted right, are counted at each set of thresholds; an image's top-k candidates are carried from
 block to block. Unknown entries (partial labels) weigh nothing: they are ranked with the others but count
 neither as positives nor as images above a threshold, which gives exactly the numbers over the known
-entries alone. A caller may stop between blocks (`mlic.evaluation` checks a stop request there).
+entries alone. A caller may stop between blocks (`mlic.training.evaluation` checks a stop request there).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class _MultiLabelLoss(torch.nn.Module):
 
     def __init__(self, pos_weight: torch.Tensor | None = None):
         super().__init__()
-        # A buffer, so `.to(device)` moves it; None when not weighted (mlic.run_log reads the attribute).
+        # A buffer, so `.to(device)` moves it; None when not weighted (mlic.training.run_log reads the attribute).
         self.register_buffer("pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight).float())
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ NAME_DIR=$TABLE
 mapfile -t RUNS < <(find "configs/tables/$NAME_DIR" -name '*.yaml' | sort)
 CONFIG=${RUNS[${SLURM_ARRAY_TASK_ID:-0}]:?no run ${SLURM_ARRAY_TASK_ID:-0} in table $TABLE}
 NAME=$(basename "$CONFIG" .yaml)
-# The model -> entry map (resnet50 trains through train/resnet152.py, ...) lives once, in mlic.tables.
-ENTRY=$(python -m mlic.tables entry-for "$CONFIG")
+# The model -> entry map (resnet50 trains through train/resnet152.py, ...) lives once, in mlic.reporting.tables.
+ENTRY=$(python -m mlic.reporting.tables entry-for "$CONFIG")
 # MLIC_TABLE_RUNS: where the run folders go (`mlic tables N --scale demo --submit` sets runs/tables-demo)
 mlic_launch "train/$ENTRY.py" --config "$CONFIG" "run.output_dir=${MLIC_TABLE_RUNS:-runs/tables}/$NAME_DIR/$NAME" "$@"

@@ -30,9 +30,9 @@ def run_cmd(args: list[str], timeout: int = 600, env: dict | None = None) -> sub
 
 def fit_demo(run: Path, *overrides: str, config: str | Path = "configs/demo.yaml") -> dict:
     """Train in this process: `config` (relative to the repository) with TINY, the run folder, then `overrides`;
-    returns what mlic.engine.fit returns."""
+    returns what mlic.training.engine.fit returns."""
     from mlic.config import load_config
-    from mlic.engine import fit
+    from mlic.training.engine import fit
 
     return fit(load_config(REPO / config, [*TINY, f"run.output_dir={run}", *overrides]))
 

@@ -9,7 +9,7 @@ from tests.helpers import REPO
 
 SCRIPT = """
 import resource, sys, torch
-from mlic.allocator import keep_freed_memory
+from mlic.training.allocator import keep_freed_memory
 if sys.argv[1] == "on":
     assert keep_freed_memory()
 def faults():

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlic.analyze import FIGURE_LABELS
 from mlic.cli import main
 from mlic.figures import file_stems
+from mlic.reporting.analyze import FIGURE_LABELS
 from tests.helpers import REPO
 
 LABELS = 1200
@@ -64,7 +64,7 @@ def _openimages_root(root):
 @pytest.fixture(scope="module")
 def openimages_run(tmp_path_factory):
     from mlic.config import load_config
-    from mlic.engine import fit
+    from mlic.training.engine import fit
 
     tmp = tmp_path_factory.mktemp("oi")
     root, run = _openimages_root(tmp / "oi"), tmp / "run"

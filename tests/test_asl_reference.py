@@ -12,7 +12,7 @@ import torch
 from mlic.config import LossConfig
 from mlic.errors import ConfigError
 from mlic.losses import AsymmetricLoss, FocalLoss, build_loss
-from mlic.manifest import write_manifest
+from mlic.training.manifest import write_manifest
 from tests.helpers import fit_demo
 
 

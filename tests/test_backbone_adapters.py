@@ -1,4 +1,4 @@
-"""The backbone adapter contract (mlic.backbones.adapter), checked on every registered adapter and on a toy one
+"""The backbone adapter contract (mlic.models.backbones.adapter), checked on every registered adapter and on a toy one
 that this file defines and registers without touching any other module: build, pooled features as wide as it
 says, spatial tokens, layer ids for every parameter, valid preprocessing, and an exported model that rebuilds
 from its record alone to the same outputs. Then a run trains the toy backbone. Tiny builds, no network."""
@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from mlic.backbones import ADAPTERS, Adapter, Backbone, Preprocess, adapter_for, layer_ids, register
 from mlic.config import ModelConfig, load_config
 from mlic.errors import ConfigError
-from mlic.export import export_model, load_exported
-from mlic.model_folder import ModelFolderError
 from mlic.models import architecture, backbone_depths, build_model, head_prefix
+from mlic.models.backbones import ADAPTERS, Adapter, Backbone, Preprocess, adapter_for, layer_ids, register
+from mlic.models.export import export_model, load_exported
+from mlic.models.model_folder import ModelFolderError
 from tests.helpers import REPO
 from tests.test_backbones import tiny_hf
 
@@ -144,7 +144,7 @@ def test_the_toy_registers_once_and_its_record_is_checked_in_a_model_folder(toy,
 
 
 def test_a_run_trains_the_toy_backbone_with_layer_decay_and_exports_it(toy, tmp_path):
-    from mlic.engine import fit
+    from mlic.training.engine import fit
 
     run = tmp_path / "run"
     fit(load_config(REPO / "configs" / "demo.yaml", [

@@ -7,13 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mlic.backbones import layer_ids
-from mlic.build import param_groups
 from mlic.config import ModelConfig, load_config
 from mlic.errors import ConfigError, MlicError
-from mlic.export import export_model, load_exported
-from mlic.heads import MLDecoder
 from mlic.models import Preprocess, architecture, build_model
+from mlic.models.backbones import layer_ids
+from mlic.models.export import export_model, load_exported
+from mlic.models.heads import MLDecoder
+from mlic.training.build import param_groups
 
 
 def tiny_hf(folder, kind: str = "vit"):

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mlic.build import check_compile_owner, compile_model, compiles
 from mlic.cli import main
 from mlic.config import ModelConfig, load_config
 from mlic.errors import ConfigError
 from mlic.models import build_model
+from mlic.training.build import check_compile_owner, compile_model, compiles
 from tests.helpers import TINY, assert_same_run, run_cmd, val_lines
 from tests.test_backbones import tiny_hf
 

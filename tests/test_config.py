@@ -40,9 +40,9 @@ def _model_of(cfg) -> tuple[torch.nn.Module, torch.Tensor]:
 def test_every_shipped_config_builds(path):
     """Each shipped config, instantiated: its model (random weights) with the head it asks for, its loss,
     its sampler and its schedule."""
-    from mlic.engine import build_scheduler
     from mlic.losses import build_loss
     from mlic.sampler import MultilabelBalancedSampler
+    from mlic.training.engine import build_scheduler
 
     cfg = load_config(path)
     model, out = _model_of(cfg)
@@ -52,7 +52,7 @@ def test_every_shipped_config_builds(path):
         assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) is cfg.model.head_batchnorm
         assert [m.p for m in head.modules() if isinstance(m, torch.nn.Dropout)] == [cfg.model.dropout]
     else:
-        from mlic.heads import MLDecoder
+        from mlic.models.heads import MLDecoder
 
         assert isinstance(head, {"linear": torch.nn.Linear, "mldecoder": MLDecoder}[cfg.model.head])
 

@@ -266,7 +266,7 @@ def _mixed_config(root: Path, tmp_path: Path, *overrides: str):
 
 @pytest.mark.parametrize("cache", ["on", "off"])
 def test_training_reads_every_kind_and_skips_the_bomb(mixed, tmp_path, cache):
-    from mlic.engine import fit
+    from mlic.training.engine import fit
 
     fit(_mixed_config(mixed, tmp_path, "data.skip_bad=true", f"data.cache={cache}"))
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -284,7 +284,7 @@ def test_training_reads_every_kind_and_skips_the_bomb(mixed, tmp_path, cache):
 
 
 def test_without_skip_bad_the_bomb_is_one_error_naming_it(mixed, tmp_path):
-    from mlic.engine import fit
+    from mlic.training.engine import fit
 
     with pytest.raises(DataError) as raised:
         fit(_mixed_config(mixed, tmp_path, "data.cache=on"))  # the cache build decodes every image first
@@ -310,7 +310,7 @@ def test_predict_decodes_as_training_does(mixed, tmp_path):
     """Predict on the mixed images and on the same images already converted (by decode_image, saved as
     plain RGB PNGs, with the run's background): the probabilities are the same, so predict converted them
     as training did, with the run's settings."""
-    from mlic.engine import fit
+    from mlic.training.engine import fit
 
     fit(_mixed_config(mixed, tmp_path, "data.skip_bad=true", "data.background=black"))
     originals, flat = tmp_path / "originals", tmp_path / "flat"

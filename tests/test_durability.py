@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlic.manifest import write_manifest
+from mlic.training.manifest import write_manifest
 from tests.helpers import REPO, TINY, assert_same_run, metrics_lines
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,10 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
-from mlic.build import check_ema
 from mlic.config import load_config
-from mlic.ema import WeightEma
 from mlic.errors import ConfigError
+from mlic.training.build import check_ema
+from mlic.training.ema import WeightEma
 from tests.helpers import fit_demo, metrics_lines
 
 OVERRIDES = ["run.progress=false"]  # after TINY
@@ -102,7 +102,7 @@ def test_an_ema_run_reports_selects_exports_and_checkpoints_the_average(tmp_path
 
 
 def test_val_picks_the_better_of_the_weights_and_their_average():
-    from mlic.selection import chosen_split
+    from mlic.training.selection import chosen_split
 
     cfg = load_config(None, ["train.ema_decay=0.99", "train.select_metric=val/mAP"])
     assert chosen_split(cfg, {"val": {"mAP": 0.5}, "val_ema": {"mAP": 0.6}}) == ("val_ema", "mAP")
@@ -112,7 +112,7 @@ def test_val_picks_the_better_of_the_weights_and_their_average():
 
 
 def test_val_ema_needs_an_ema_and_a_checkpoint_keeps_its_average(tmp_path):
-    from mlic.selection import check_select_metric
+    from mlic.training.selection import check_select_metric
 
     with pytest.raises(ConfigError, match="val_ema/: with train.ema_decay set"):
         check_select_metric(load_config(None, ["train.select_metric=val_ema/mAP"]))

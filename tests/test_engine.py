@@ -51,7 +51,7 @@ def test_demo_recipe_beats_trivial_baselines(tmp_path):
     """The shipped demo config, as the README runs it: val macro-F1 well above the best data-blind predictor
     (all-negative, all-positive, or each label drawn at its prior rate)."""
     run = tmp_path / "run"
-    from mlic.engine import fit
+    from mlic.training.engine import fit
 
     last = fit(load_config(REPO / "configs" / "demo.yaml", [f"run.output_dir={run}"]))
     from mlic.data.demo import demo_root
@@ -105,7 +105,7 @@ def test_config_errors_come_before_any_work(tmp_path):
 @pytest.mark.parametrize("setting, deepspeed, fused", [("auto", False, True), ("auto", True, False), ("off", False, False),
                                                        ("on", True, True)])
 def test_optimizer_is_fused_unless_deepspeed_or_turned_off(setting, deepspeed, fused):
-    from mlic.engine import build_optimizer
+    from mlic.training.engine import build_optimizer
 
     cfg = load_config(None, [f"optim.fused={setting}", "optim.name=adamw"])
     optimizer = build_optimizer(cfg, torch.nn.Linear(3, 2), deepspeed=deepspeed)

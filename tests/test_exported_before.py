@@ -12,8 +12,8 @@ import mlic
 from mlic.cli import main
 from mlic.config import ModelConfig
 from mlic.data.demo import write_demo_data
-from mlic.export import INFERENCE, load_exported
 from mlic.models import architecture, build_model
+from mlic.models.export import INFERENCE, load_exported
 from tests.helpers import REPO
 
 FIXTURES = REPO / "tests" / "fixtures" / "exported_0088e5a"

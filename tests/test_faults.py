@@ -96,7 +96,7 @@ def test_asked_to_stop_it_saves_exits_0_and_resumes(straight, tmp_path, how):
 
 
 def test_sigusr1_and_sigterm_set_the_stop_request():
-    from mlic.preemption import StopSignal
+    from mlic.training.preemption import StopSignal
 
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         stop = StopSignal(stop_file="")
@@ -167,7 +167,7 @@ def test_a_checkpoint_of_another_label_set_is_refused(demo_copy, tmp_path):
 
 def test_exported_model_is_loaded_without_pickle(tmp_path, monkeypatch):
     fit_demo(tmp_path / "run", *ONE_EPOCH)
-    from mlic.export import load_exported
+    from mlic.models.export import load_exported
 
     def no_pickle(*args, **kwargs):
         raise AssertionError("torch.load must not be used for exported models")
@@ -180,7 +180,7 @@ def test_exported_model_is_loaded_without_pickle(tmp_path, monkeypatch):
 
 
 def test_half_done_export_is_recovered(tmp_path):
-    from mlic.export import export_model, recover_export
+    from mlic.models.export import export_model, recover_export
 
     out = tmp_path / "model"
     export_model({"w": torch.ones(2)}, out, {"v": 1})

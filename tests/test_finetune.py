@@ -38,7 +38,7 @@ def mosaics(tmp_path_factory):
 def fine_tuned(mosaics, lite0_weights, tmp_path_factory):
     """The same architecture and budget from ImageNet weights and from random ones (linear head), and one
     epoch with the ML-Decoder head in one process."""
-    from mlic.engine import fit
+    from mlic.training.engine import fit
 
     runs = {}
     for name, overrides in {"pretrained": [*BUDGET, "model.head=linear"],

@@ -25,9 +25,9 @@ from mlic.data.datasets import (
 )
 from mlic.data.formats import FORMATS, register
 from mlic.data.registry import check_command, load_dataset, parse
-from mlic.engine import fit
 from mlic.errors import ConfigError
 from mlic.labels import LabelMatrix
+from mlic.training.engine import fit
 from tests.helpers import REPO
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-import mlic.engine as engine
+import mlic.training.engine as engine
 from tests.helpers import REPO, run_cmd
 
 
@@ -61,7 +61,7 @@ def test_a_resumed_epochs_loader_still_copies_without_waiting():
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
-    from mlic.engine import skipped
+    from mlic.training.engine import skipped
 
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(non_blocking=True))
     loader = accelerator.prepare(torch.utils.data.DataLoader(list(range(12)), batch_size=2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlic.heads import MLDecoder
+from mlic.models.heads import MLDecoder
 
 SMALL = dict(embed_dim=64, num_heads=8, ff_dim=128)  # the default 768/2048 would only slow the tests
 

@@ -136,7 +136,7 @@ def test_train_outputs_are_a_bounded_sample_spread_over_the_epoch(monkeypatch):
     import torch
     from accelerate import Accelerator
 
-    from mlic.engine import EpochOutputs
+    from mlic.training.engine import EpochOutputs
 
     rng = np.random.default_rng(0)
     steps = [(torch.from_numpy(rng.standard_normal((4, 5)).astype(np.float32)),
@@ -164,8 +164,8 @@ def test_a_stop_request_is_honoured_between_blocks_of_labels(tmp_path, monkeypat
     (here the Slurm stop file, as a preempted job gets it): evaluate returns None and fit saves the epoch."""
     from accelerate import Accelerator
 
-    from mlic.evaluation import split_metrics
-    from mlic.preemption import StopSignal
+    from mlic.training.evaluation import split_metrics
+    from mlic.training.preemption import StopSignal
 
     monkeypatch.setattr(mlic.label_stats, "BLOCK_ENTRIES", 200 * 10)  # 10 labels a block: 6 blocks
     y, p, known = _data(n=200, c=60, seed=7)

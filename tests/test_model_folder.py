@@ -14,7 +14,7 @@ from PIL import Image
 import mlic
 from mlic.cli import main
 from mlic.errors import MlicError
-from mlic.inference import predict_command
+from mlic.serving.inference import predict_command
 
 
 @pytest.fixture(scope="module")

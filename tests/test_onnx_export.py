@@ -145,7 +145,7 @@ def test_missing_onnx_extra_is_named_before_any_work(monkeypatch, tmp_path, caps
 
 
 def test_base_install_imports_no_onnx_package():
-    code = ("import sys, mlic.cli, mlic.onnx_export, mlic.inference; "
+    code = ("import sys, mlic.cli, mlic.serving.onnx_export, mlic.serving.inference; "
             "print([m for m in ('onnx', 'onnxscript', 'onnxruntime') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr

@@ -45,7 +45,7 @@ def partial_corpus(tmp_path_factory):
 def _train(root, run, unknown_as: str) -> list[dict]:
     """The demo recipe with plain BCE: `pos_weight=auto` would partly undo reading unknown as negative
     (halving the positives doubles their weight), and the comparison is of the masking alone."""
-    from mlic.engine import fit
+    from mlic.training.engine import fit
 
     fit(load_config(REPO / "configs" / "demo.yaml", [
         "data.format=csv", f"data.root={root}", "data.split=train", "data.val_split=val",

@@ -11,7 +11,7 @@ from PIL import Image
 
 import mlic
 from mlic.errors import DataError, MlicError
-from mlic.inference import evaluate_model
+from mlic.serving.inference import evaluate_model
 from tests.helpers import REPO
 
 

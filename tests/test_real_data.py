@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="apt-get instal
 
 @pytest.mark.slow
 def test_demo_recipe_learns_real_photos_well_above_the_label_prior(tmp_path):
-    from mlic.engine import fit
+    from mlic.training.engine import fit
 
     root = write_mosaics(tmp_path / "mosaic", images=1500, seed=0)
     test = write_mosaics(tmp_path / "test", images=20, split="test", seed=1, labelled=False)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from mlic.cli import main
 from mlic.data.demo import LABELS
-from mlic.report import FIGURE_LABELS, config_html, data_figures_html, per_label_html, shown_labels
+from mlic.reporting.report import FIGURE_LABELS, config_html, data_figures_html, per_label_html, shown_labels
 
 BROWSER_TIMEOUT = 90
 
@@ -112,7 +112,7 @@ def test_data_figures_are_drawn_for_a_run_folder_without_them(report, tmp_path):
 
 
 def test_curves_show_every_logged_split():
-    from mlic.report import curves_figure
+    from mlic.reporting.report import curves_figure
 
     lines = [{"epoch": e, "split": s, "loss": 1.0 / e, "f1_macro": 0.1 * e, "mAP": 0.2 * e}
              for e in (1, 2) for s in ("train", "val", "val_ema")]

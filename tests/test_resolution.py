@@ -20,8 +20,8 @@ from mlic.data.cache import Square, cache_path
 from mlic.data.pipeline import load_split
 from mlic.data.resolution import resolve_cache_size
 from mlic.errors import MlicError
-from mlic.inference import evaluate_model
 from mlic.models import Preprocess, build_model
+from mlic.serving.inference import evaluate_model
 from tests.helpers import REPO, val_lines
 
 COURSE = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.name != "finetune.yaml" and p.parent.name != "gpu"

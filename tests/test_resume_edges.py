@@ -18,7 +18,7 @@ OVERRIDES = ["train.epochs=2", "train.stop_check_every=7", "run.progress=false"]
 
 @pytest.mark.slow
 def test_a_stop_asked_during_an_epochs_last_steps_is_honoured_after_the_epoch_and_resumes(tmp_path, monkeypatch):
-    from mlic.preemption import StopSignal
+    from mlic.training.preemption import StopSignal
 
     straight = tmp_path / "straight"
     fit_demo(straight, *OVERRIDES)
@@ -45,7 +45,7 @@ def test_a_stop_asked_during_an_epochs_last_steps_is_honoured_after_the_epoch_an
 def test_an_epoch_that_trained_nothing_reports_nan_over_zero_images():
     from accelerate import Accelerator
 
-    from mlic.engine import EpochOutputs
+    from mlic.training.engine import EpochOutputs
 
     metrics = EpochOutputs(Accelerator(cpu=True), track_finite=True).metrics(14)
     assert metrics["images"] == 0 and math.isnan(metrics["loss"]) and math.isnan(metrics["f1_macro"])

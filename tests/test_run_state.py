@@ -11,10 +11,10 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from mlic.disk import DiskFull
-from mlic.ema import WeightEma
 from mlic.errors import ConfigError, MlicError
-from mlic.manifest import damage, unsafe_pickle, write_manifest
-from mlic.run_state import STATE_FILE, RunState, complete_checkpoints, latest_checkpoint
+from mlic.training.ema import WeightEma
+from mlic.training.manifest import damage, unsafe_pickle, write_manifest
+from mlic.training.run_state import STATE_FILE, RunState, complete_checkpoints, latest_checkpoint
 
 IDENTITY = {"model": "m", "label_names": ["a", "b", "c"]}
 

@@ -30,7 +30,7 @@ def _flat(tensors) -> torch.Tensor:
 def gradients(monkeypatch):
     """The gradient of each micro-batch's own loss, computed apart at the weights it trains with, and the
     gradient each Adam step gets (both flattened over the trainable parameters, in one order)."""
-    import mlic.engine as engine
+    import mlic.training.engine as engine
 
     seen = {"micro": [], "steps": []}
     real_forward_backward, real_step = engine.forward_backward, torch.optim.Adam.step
@@ -110,7 +110,7 @@ def fp16_on_cpu(monkeypatch):
     "no" would stay) and after (fp16 would)."""
     from accelerate.state import AcceleratorState
 
-    import mlic.engine as engine
+    import mlic.training.engine as engine
 
     scales: list[float] = []
     real_preflight = engine.preflight
@@ -154,8 +154,8 @@ def test_fp16_overflows_are_skipped_steps_with_the_scaler_updated(tmp_path, fp16
 @pytest.mark.slow
 def test_fp16_overflowing_forever_still_stops_as_non_finite(tmp_path, fp16_on_cpu, monkeypatch):
     """A gradient that is inf whatever the scale: the 50th overflow in a row is divergence (59 steps)."""
-    import mlic.engine as engine
-    from mlic.stepping import OVERFLOWS_IN_A_ROW
+    import mlic.training.engine as engine
+    from mlic.training.stepping import OVERFLOWS_IN_A_ROW
 
     real = engine.forward_backward
 
@@ -190,7 +190,7 @@ class _Outputs:
 def test_deepspeed_norms_are_host_numbers_or_none(norm, skipped, counted, finite):
     """Under DeepSpeed `clip_grad_norm_` returns a float or None (torch.isfinite raised TypeError) and the
     overflow is DeepSpeed's own flag, `step_was_skipped`."""
-    from mlic.stepping import OverflowGuard
+    from mlic.training.stepping import OverflowGuard
 
     accelerator = SimpleNamespace(scaler=None, distributed_type=DistributedType.DEEPSPEED, device=torch.device("cpu"),
                                   clip_grad_norm_=lambda params, limit: norm)
@@ -205,8 +205,8 @@ def test_deepspeed_norms_are_host_numbers_or_none(norm, skipped, counted, finite
 def test_an_accumulation_set_outside_train_grad_accum_is_refused_at_start(tmp_path, monkeypatch):
     """The window arithmetic divides by train.grad_accum: a launch config's gradient_accumulation_steps
     (accelerate would silently take it instead) is one error before any data is read."""
-    from mlic.build import preflight
     from mlic.errors import ConfigError
+    from mlic.training.build import preflight
 
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "3")
     overrides = [*TINY, *OVERRIDES, "train.grad_accum=2", f"run.output_dir={tmp_path}"]

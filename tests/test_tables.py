@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from mlic.cli import main
-from mlic.tables import TABLES, commands, get_table, train_entry
+from mlic.reporting.tables import TABLES, commands, get_table, train_entry
 from tests.helpers import REPO
 
 
@@ -32,9 +32,9 @@ def test_one_model_to_entry_map_for_mlic_and_slurm(tmp_path):
     config = tmp_path / "resnet50.yaml"
     config.write_text("model:\n  name: resnet50\n")
     assert train_entry(config) == "resnet152"  # a ResNet-50 run trains through train/resnet152.py
-    done = subprocess.run([sys.executable, "-m", "mlic.tables", "entry-for", str(config)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "mlic.reporting.tables", "entry-for", str(config)], capture_output=True, text=True)
     assert (done.returncode, done.stdout) == (0, "resnet152\n"), done.stderr
-    assert "case" not in (REPO / "slurm" / "tables.sh").read_text()  # slurm/tables.sh asks mlic.tables, keeps no copy
+    assert "case" not in (REPO / "slurm" / "tables.sh").read_text()  # slurm/tables.sh asks mlic.reporting.tables, keeps no copy
 
 
 def test_every_report_cell_has_a_run_and_a_row():
@@ -65,8 +65,8 @@ def test_table_2_at_demo_scale_end_to_end(tmp_path, capsys, monkeypatch):
 
 def test_modern_table_reads_the_line_of_the_exported_weights(tmp_path):
     """With an EMA, the exported model may be the average: its "val_ema" line is the table's val cell."""
-    from mlic.export import META
-    from mlic.tables import collect, run_dir
+    from mlic.models.export import META
+    from mlic.reporting.tables import collect, run_dir
 
     table = get_table("modern")
     for run, weights in (("report", "trained"), ("modern", "ema")):

@@ -90,7 +90,7 @@ def test_a_run_folder_whose_checkpoints_were_deleted_starts_a_new_mlflow_run(tmp
 
     import mlflow
 
-    from mlic.engine import fit
+    from mlic.training.engine import fit
 
     for key, value in _env(tmp_path).items():
         monkeypatch.setenv(key, value)
@@ -111,7 +111,7 @@ def test_a_run_folder_whose_checkpoints_were_deleted_starts_a_new_mlflow_run(tmp
 
 
 def test_a_run_folder_without_checkpoints_starts_new_tracker_runs(tmp_path):
-    from mlic.trackers import make_trackers, write_state
+    from mlic.training.trackers import make_trackers, write_state
 
     run = tmp_path / "run"
     run.mkdir()
@@ -129,8 +129,8 @@ def test_a_run_folder_without_checkpoints_starts_new_tracker_runs(tmp_path):
 def test_a_missing_tracker_library_is_a_config_error(tmp_path, monkeypatch):
     import importlib.util
 
-    from mlic.engine import fit
     from mlic.errors import ConfigError
+    from mlic.training.engine import fit
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
@@ -148,7 +148,7 @@ def test_optional_libraries_are_not_imported_by_a_default_run(tmp_path):
     code = f"""
 import sys
 from mlic.config import load_config
-from mlic.engine import fit
+from mlic.training.engine import fit
 from mlic.cli import main
 fit(load_config({str(REPO / 'configs' / 'demo.yaml')!r}, ["data.demo_images=100", "train.epochs=1", "train.max_steps_per_epoch=2",
     "run.output_dir={tmp_path / 'run'}", "run.progress=false"]))
@@ -197,8 +197,8 @@ def _wandb_records(path: Path, kind: str, flat: bool = True):
 
 def test_an_unusable_mlflow_store_is_a_config_error_before_anything_loads(tmp_path, monkeypatch):
     """MLflow 3 refuses a plain folder unless asked to keep it: said at once, naming what to set."""
-    from mlic.engine import fit
     from mlic.errors import ConfigError
+    from mlic.training.engine import fit
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)

@@ -97,7 +97,7 @@ def test_cosine_with_interval_step_anneals_every_step_to_zero(tmp_path, record_a
     expected = [1e-3 * (1 + math.cos(math.pi * k / total)) / 2 for k in range(total)]  # configs/cnn.yaml: lr 1e-3
     assert lrs == pytest.approx(expected, rel=1e-6, abs=1e-12)
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
-    from mlic.engine import build_scheduler
+    from mlic.training.engine import build_scheduler
 
     cfg = load_config(REPO / "configs" / "demo.yaml", ["schedule.name=cosine", "schedule.interval=step", "train.epochs=2"])
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
@@ -117,7 +117,7 @@ def test_best_model_is_the_lowest_loss_or_the_highest_f1(tmp_path, monkeypatch):
     """`train.select_metric` on a loss selects its minimum (the sign flip), on a score its maximum; the
     exported model is the one of that epoch. The validation figures are scripted, so that the right
     choice is neither the wrong sign's nor the last epoch's, whatever training does."""
-    import mlic.evaluation as evaluation
+    import mlic.training.evaluation as evaluation
 
     real_evaluate = evaluation.evaluate
     for metric, expected in (("val/loss", 2), ("val/f1_macro", 1)):

@@ -1,8 +1,8 @@
 """The training engine behind every `train/*.py`: plain functions on top of Accelerate.
 
 fit(cfg): build the run -> resume -> per epoch: train_one_epoch -> evaluate -> log -> export the best
-model -> save a checkpoint. What a checkpoint holds is `mlic.run_state`; building is `mlic.build`;
-evaluating is `mlic.evaluation`.
+model -> save a checkpoint. What a checkpoint holds is `mlic.training.run_state`; building is `mlic.training.build`;
+evaluating is `mlic.training.evaluation`.
 """
 
 from __future__ import annotations
@@ -18,21 +18,10 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mlic import faults
-from mlic.allocator import keep_freed_memory
-from mlic.build import (
-    Run,
-    base_model,
-    build_optimizer,
-    build_run,
-    build_scheduler,
-    preflight,
-)
 from mlic.config import Config
 from mlic.data.policies import mix_batch
 from mlic.disk import tensor_bytes, writing
 from mlic.errors import DivergedError
-from mlic.evaluation import evaluate, evaluate_epoch, predict_logits, share_buffers
-from mlic.export import export_model
 from mlic.logs import STDOUT, RunLogFile, console_level, log
 from mlic.metrics import (
     METRIC_KEYS,
@@ -40,14 +29,25 @@ from mlic.metrics import (
     split_known,
 )
 from mlic.models import architecture
-from mlic.preemption import StopSignal, any_rank
+from mlic.models.export import export_model
 from mlic.ranks import on_main
-from mlic.run_lock import RunFolderLock
-from mlic.run_log import log_epoch, log_step, publish, start_run_folder, start_tracking, trim_metrics
-from mlic.run_state import RunState, latest_checkpoint
 from mlic.seeding import mix_seed
-from mlic.selection import chosen_split
-from mlic.stepping import LoaderWait, epoch_micro_steps, loss_weight, said_compile_time
+from mlic.training.allocator import keep_freed_memory
+from mlic.training.build import (
+    Run,
+    base_model,
+    build_optimizer,
+    build_run,
+    build_scheduler,
+    preflight,
+)
+from mlic.training.evaluation import evaluate, evaluate_epoch, predict_logits, share_buffers
+from mlic.training.preemption import StopSignal, any_rank
+from mlic.training.run_lock import RunFolderLock
+from mlic.training.run_log import log_epoch, log_step, publish, start_run_folder, start_tracking, trim_metrics
+from mlic.training.run_state import RunState, latest_checkpoint
+from mlic.training.selection import chosen_split
+from mlic.training.stepping import LoaderWait, epoch_micro_steps, loss_weight, said_compile_time
 
 __all__ = ["build_optimizer", "build_scheduler", "evaluate", "fit", "predict_logits", "train_one_epoch"]
 
@@ -149,7 +149,7 @@ def train_one_epoch(run: Run, state: RunState, stop: StopSignal) -> EpochResult:
 
 def forward_backward(run: Run, images, target, generator: torch.Generator, weight: float = 1.0):
     """The augmented batch through the model, the loss and its gradients (of the loss times `weight`,
-    `mlic.stepping.loss_weight`). Returns (logits, loss), detached, on the device. With MixUp / CutMix the
+    `mlic.training.stepping.loss_weight`). Returns (logits, loss), detached, on the device. With MixUp / CutMix the
     loss sees the mixed targets; the epoch's training metrics compare the outputs with the images' own targets."""
     x = run.data.train_transform(images, generator)
     aug = run.cfg.augment
@@ -174,7 +174,7 @@ def optimizer_step(run: Run, outputs: EpochOutputs, step: int) -> bool:
     loss or gradient norm anywhere in the accumulation, on any rank (one host sync per step, only in
     that mode). Between, accelerate makes step and zero_grad no-ops. Under fp16 a non-finite gradient
     norm is a loss-scale overflow, not divergence: the scaler skips the step itself and lowers its scale
-    (`mlic.stepping.OverflowGuard`, counted without a host sync). Returns whether this function skipped."""
+    (`mlic.training.stepping.OverflowGuard`, counted without a host sync). Returns whether this function skipped."""
     acc, cfg = run.accelerator, run.cfg.train
     if acc.sync_gradients:
         run.overflow.clip_and_check(run, outputs, step)

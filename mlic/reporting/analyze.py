@@ -16,7 +16,7 @@ from sklearn.metrics import multilabel_confusion_matrix, precision_recall_curve
 from mlic.config import Config
 from mlic.figures import data_figures, file_stems, plt, save_figures
 from mlic.jsonl import read_jsonl
-from mlic.model_folder import read_meta
+from mlic.models.model_folder import read_meta
 
 # Above this many labels the per-label figures show the labels with the most errors only: one figure per
 # label for thousands of labels (OpenImages) would take hours to draw and weigh gigabytes. Tables list all.
@@ -122,7 +122,7 @@ def analyze(run_dir: Path, data_root: str | None = None, examples: int = 8) -> l
     """Write every figure to RUN/analysis/ (and RUN/tensorboard); returns the PNG paths."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from mlic.inference import evaluate_model
+    from mlic.serving.inference import evaluate_model
 
     figures, cfg = run_data_figures(run_dir, data_root)
     _, per_label, probs, targets, dataset, val_rows = evaluate_model(str(run_dir / "model"), cfg.data.root, "val")

@@ -25,15 +25,15 @@ from accelerate.utils import (
 from mlic.config import Config
 from mlic.data.pipeline import Data, build_data, load_split
 from mlic.data.resolution import resolve_cache_size, started_side, with_cache_size
-from mlic.ema import WeightEma
 from mlic.errors import ConfigError
 from mlic.logs import log
 from mlic.losses import build_loss
 from mlic.models import Preprocess, backbone_depths, build_model, head_prefix, is_cnn, probe
-from mlic.run_state import check_pickle_trust, latest_checkpoint
-from mlic.selection import check_select_metric
-from mlic.stepping import OverflowGuard
-from mlic.trackers import check_trackers, make_trackers
+from mlic.training.ema import WeightEma
+from mlic.training.run_state import check_pickle_trust, latest_checkpoint
+from mlic.training.selection import check_select_metric
+from mlic.training.stepping import OverflowGuard
+from mlic.training.trackers import check_trackers, make_trackers
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Run:
     overflow: OverflowGuard | None = None  # fp16 loss-scale overflows; its count in a row spans epochs
     compiling: bool = False  # train.compile on and no step taken yet: the first step's time is said once
     ema: WeightEma | None = None  # train.ema_decay: the average of the weights, evaluated beside them
-    tracking: Any = None  # mlic.trackers.Publisher, set when the run folder starts
+    tracking: Any = None  # mlic.training.trackers.Publisher, set when the run folder starts
 
     @property
     def partial_labels(self) -> bool:
@@ -86,7 +86,7 @@ def check_ema(cfg: Config, accelerator: Accelerator) -> None:
 
 
 def check_accumulation(cfg: Config, accelerator: Accelerator) -> None:
-    """Steps, windows and the weights of a last, partial window (`mlic.stepping.loss_weight`) are counted in
+    """Steps, windows and the weights of a last, partial window (`mlic.training.stepping.loss_weight`) are counted in
     `train.grad_accum` micro-batches: accelerate and DeepSpeed must accumulate as many, and divide by it."""
     theirs = {"accelerate's (ACCELERATE_GRADIENT_ACCUMULATION_STEPS, from the launch config)":
               accelerator.gradient_accumulation_steps}

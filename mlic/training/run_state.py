@@ -3,7 +3,7 @@
 A checkpoint is an accelerate `save_state` folder (model, optimizer, scheduler, scaler, RNG of every
 rank: one format for DDP and DeepSpeed) plus mlic's own files, which it writes and reads itself without
 pickle: `mlic_state.json` (`RunState` and the run's identity), `ema.safetensors` (the average of the
-weights, with `train.ema_decay`) and `manifest.json` (`mlic.manifest`), written last. All of it is written
+weights, with `train.ema_decay`) and `manifest.json` (`mlic.training.manifest`), written last. All of it is written
 under `.tmp-NAME`, fsynced, and renamed to `epoch{E}-step{S}`. A resume takes the newest checkpoint that
 verifies (a damaged or tampered one is named in a warning and skipped) and loads its pickled files
 weights-only, so nothing in a run folder can run code (DeepSpeed's files only with the opt-in
@@ -28,8 +28,8 @@ from mlic import faults
 from mlic.disk import fsync_path, no_space, writing
 from mlic.errors import ConfigError, MlicError
 from mlic.logs import STDOUT, log
-from mlic.manifest import damage, manifest_bytes, write_manifest
 from mlic.ranks import RankError, on_main, raise_together
+from mlic.training.manifest import damage, manifest_bytes, write_manifest
 
 STATE_FILE = "mlic_state.json"
 EMA_FILE = "ema.safetensors"
@@ -231,7 +231,7 @@ def _recover(folder: Path) -> None:
 
 
 def choose_checkpoint(accelerator, folder: Path, trust_pickles: bool = False) -> Path | None:
-    """The newest complete checkpoint that verifies (`mlic.manifest.damage`), the same on every rank (the
+    """The newest complete checkpoint that verifies (`mlic.training.manifest.damage`), the same on every rank (the
     main process verifies, then tells the others); a warning for each one skipped; None when there is
     none; an error when there are some and none verifies."""
     name = problem = None

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlic.backbones.adapter import OFFLINE, Backbone, Preprocess, offline_hint
-from mlic.backbones.hf import HfAdapter, hf_from
 from mlic.errors import MlicError
+from mlic.models.backbones.adapter import OFFLINE, Backbone, Preprocess, offline_hint
+from mlic.models.backbones.hf import HfAdapter, hf_from
 
 DEFAULT_VIT = "google/vit-base-patch16-224-in21k"
 

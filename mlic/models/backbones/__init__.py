@@ -1,7 +1,7 @@
 """Every backbone library by the model names it builds: the registry that building, the optimizer's layer decay,
 the model folder's checks and the `train` command read.
 
-A library is one module of this package declaring one `Adapter` (the contract: `mlic.backbones.adapter`).
+A library is one module of this package declaring one `Adapter` (the contract: `mlic.models.backbones.adapter`).
 Adding one is that module plus one line in `_BUILT_IN` below; `register` adds one at run time (the tests' toy
 adapter, an adapter of your own package). docs/EXTENDING.md walks through it.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from mlic.backbones import cnn, hf, timm, torchvision, vit
-from mlic.backbones.adapter import Adapter, Backbone, BackboneClassifier, Preprocess
 from mlic.errors import ConfigError
+from mlic.models.backbones import cnn, hf, timm, torchvision, vit
+from mlic.models.backbones.adapter import Adapter, Backbone, BackboneClassifier, Preprocess
 
 __all__ = ["ADAPTERS", "Adapter", "Backbone", "BackboneClassifier", "Preprocess", "adapter_for", "by_prefix", "find",
            "known_models", "layer_ids", "register"]

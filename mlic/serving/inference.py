@@ -23,8 +23,8 @@ from mlic.data.pipeline import PassThrough, load_split
 from mlic.data.registry import load_dataset
 from mlic.data.transforms import DeviceTransform, per_image_evaluating
 from mlic.errors import DataError, MlicError, some
-from mlic.export import INFERENCE, load_exported
 from mlic.metrics import compute_metrics, per_label_metrics, tuned_metrics
+from mlic.models.export import INFERENCE, load_exported
 
 RESULT_NAME = re.compile(r"^im([0-9]+)\.[a-z]+$", re.IGNORECASE)  # a row of the course's results file: im<N>.<ext>
 
@@ -133,7 +133,7 @@ def infer(model, loader, transform) -> np.ndarray:
     mixed precision as launched), through the engine's gather-once `predict`."""
     from accelerate import Accelerator
 
-    from mlic.evaluation import predict_logits
+    from mlic.training.evaluation import predict_logits
 
     accelerator = Accelerator()
     model = accelerator.prepare_model(model, evaluation_mode=True)
@@ -150,7 +150,7 @@ def predict_command(model_dir: str, images: str, out: str | None, probs_path: st
     One process on one device (the GPU when there is one); under a multi-process launch rank 0 does it."""
     if os.environ.get("RANK", "0") != "0":
         return 0
-    from mlic.predictor import load_model
+    from mlic.serving.predictor import load_model
 
     results = out or "results.txt"  # the course's file, as before; checked before the model loads
     folder, files = image_files(Path(images))

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlic.backbones.adapter import OFFLINE, Adapter, Backbone, Preprocess, offline_hint
 from mlic.errors import ConfigError, MlicError
+from mlic.models.backbones.adapter import OFFLINE, Adapter, Backbone, Preprocess, offline_hint
 
 
 class TimmAdapter(Adapter):

@@ -23,7 +23,7 @@ from mlic.data.cache import Square
 from mlic.data.decode import DecodeSettings, decode_image, decoded_rgb
 from mlic.data.transforms import DeviceTransform, per_image_evaluating
 from mlic.errors import MlicError
-from mlic.export import INFERENCE, load_exported
+from mlic.models.export import INFERENCE, load_exported
 
 ImageInput = str | Path | Image.Image | torch.Tensor | np.ndarray
 

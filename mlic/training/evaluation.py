@@ -13,10 +13,10 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast
 
 from mlic import faults
-from mlic.build import Run, input_dtype
 from mlic.errors import DivergedError
 from mlic.metrics import label_stats, split_known, stats_metrics
-from mlic.preemption import StopSignal
+from mlic.training.build import Run, input_dtype
+from mlic.training.preemption import StopSignal
 
 
 def share_buffers(accelerator: Accelerator, model) -> None:

@@ -17,7 +17,7 @@ from mlic.config import CONFIGS
 from mlic.errors import MlicError
 
 # A model name -> the training entry (train/<entry>.py, `mlic train <entry>`) whose family it belongs to.
-# slurm/tables.sh asks for it through `python -m mlic.tables entry-for CONFIG`.
+# slurm/tables.sh asks for it through `python -m mlic.reporting.tables entry-for CONFIG`.
 ENTRY_FOR_MODEL = {"resnet50": "resnet152", "densenet121": "densenet161"}
 ROWS_FULL = [("Accuracy", "accuracy"), ("Loss", "loss"), ("Micro F1 score", "f1_micro"),
              ("Micro Precision", "precision_micro"), ("Micro Recall", "recall_micro"), ("Macro F1 score", "f1_macro"),
@@ -113,7 +113,7 @@ def commands(table: Table, scale: str, extra: list[str], runs: str | Path = "run
 
 def collect(table: Table, scale: str, runs: str | Path = "runs") -> str:
     """The markdown table; every number comes from a run folder (the exported, best epoch)."""
-    from mlic.export import META  # imports torch: only when a table is read
+    from mlic.models.export import META  # imports torch: only when a table is read
 
     header_cols = [(s, c) for s in table.splits for c in table.columns]
     split_name = {"train": "Training", "val": "Validation"}
@@ -189,8 +189,8 @@ def tables_command(number: str, scale: str, dry_run: bool, collect_only: bool, e
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mlic.tables entry-for CONFIG`: the training entry of a config's model (for slurm/tables.sh)."""
-    parser = argparse.ArgumentParser(prog="python -m mlic.tables")
+    """`python -m mlic.reporting.tables entry-for CONFIG`: the training entry of a config's model (for slurm/tables.sh)."""
+    parser = argparse.ArgumentParser(prog="python -m mlic.reporting.tables")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("entry-for", help="print the training entry (train/<entry>.py) of a config's model").add_argument("config")
     args = parser.parse_args(argv)

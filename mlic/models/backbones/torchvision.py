@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mlic.backbones.adapter import Adapter, Backbone, Preprocess, offline_hint
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mlic.errors import ConfigError, MlicError
+from mlic.models.backbones.adapter import Adapter, Backbone, Preprocess, offline_hint
 
 # torchvision models the report used or tried: builder, weights enum name, classifier attribute
 TORCHVISION = {

@@ -17,7 +17,10 @@ import numpy as np
 import yaml
 from matplotlib.ticker import MaxNLocator
 
-from mlic.analyze import (
+from mlic.figures import plt
+from mlic.jsonl import read_jsonl
+from mlic.models.model_folder import read_meta
+from mlic.reporting.analyze import (
     FIGURE_LABELS,
     confusion_figure,
     errors_figure,
@@ -25,10 +28,7 @@ from mlic.analyze import (
     run_data_figures,
     shown_labels,
 )
-from mlic.figures import plt
-from mlic.jsonl import read_jsonl
-from mlic.model_folder import read_meta
-from mlic.run_log import METRICS_FILE
+from mlic.training.run_log import METRICS_FILE
 
 DATA_FIGURES = {
     "label_distribution": "Figure 1: label distribution (training split)",
@@ -62,7 +62,7 @@ nav a { margin-right: 1em; }
 def write_report(run_dir: Path, data_root: str | None = None) -> Path:
     """Write RUN_DIR/report.html and return its path. The model is evaluated once on the validation split and
     that one evaluation feeds the table and every error figure, so they agree with each other."""
-    from mlic.inference import evaluate_model
+    from mlic.serving.inference import evaluate_model
 
     run_dir = Path(run_dir)
     doc = yaml.safe_load((run_dir / "config.yaml").read_text())

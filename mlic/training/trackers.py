@@ -166,7 +166,7 @@ class Publisher:
     def checkpoint_saved(self, epochs_done: int, global_step: int, metrics: Path) -> None:
         """Publish what the checkpoint at (`epochs_done` whole epochs, `global_step`) covers and was not
         published: the pending step logs, then the lines of `metrics` (metrics.jsonl) of the epochs it
-        completes, read only when it completes one. The main process calls it (`mlic.run_log.publish`)."""
+        completes, read only when it completes one. The main process calls it (`mlic.training.run_log.publish`)."""
         lines = read_jsonl(metrics) if epochs_done > self.state.get("epoch", 0) else []
         steps = [(s, v) for s, v in self.pending if self.state.get("step", 0) < s <= global_step]
         self.pending = [(s, v) for s, v in self.pending if s > global_step]

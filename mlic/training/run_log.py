@@ -1,5 +1,5 @@
 """What a run writes for people: config.yaml, metrics.jsonl, the trackers' scalars (TensorBoard, MLflow,
-W&B: `mlic.trackers`) and Figures 1-3."""
+W&B: `mlic.training.trackers`) and Figures 1-3."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ import torch
 from accelerate.utils import gather_object
 
 from mlic import faults
-from mlic.build import Run
 from mlic.config import Config, save_resolved
 from mlic.disk import writing
 from mlic.errors import MlicError
-from mlic.export import recover_export
 from mlic.jsonl import trim_jsonl
 from mlic.logs import log
+from mlic.models.export import recover_export
 from mlic.ranks import on_main
-from mlic.trackers import Publisher
+from mlic.training.build import Run
+from mlic.training.trackers import Publisher
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -95,7 +95,7 @@ def log_step(run: Run, step: int, loss: torch.Tensor) -> None:
 
 
 def publish(run: Run, epochs_done: int, global_step: int) -> None:
-    """After a checkpoint: hand the trackers what it covers (see `mlic.trackers`)."""
+    """After a checkpoint: hand the trackers what it covers (see `mlic.training.trackers`)."""
     faults.kill_point("publish")  # checkpoint saved, trackers not told: the resume publishes it
     on_main(run.accelerator, lambda: run.tracking.checkpoint_saved(epochs_done, global_step, run.out / METRICS_FILE))
 

@@ -1,4 +1,4 @@
-"""A model folder (`RUN/model/`, written by `mlic.export.export_model`) checked before anything is built from it:
+"""A model folder (`RUN/model/`, written by `mlic.models.export.export_model`) checked before anything is built from it:
 every field of its config.json that a loader reads (`mlic.load_model`, `mlic predict`, `mlic evaluate`,
 `mlic export --onnx`), its weights against the architecture, and that the architecture rebuilds from the folder
 alone, without the network. Every problem found goes into one line: a folder edited by hand or copied from
@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from mlic.backbones import find, known_models
 from mlic.config import ModelConfig, config_from_dict
 from mlic.data.decode import DecodeSettings
 from mlic.errors import ConfigError, MlicError, some
 from mlic.models import build_model, probe
+from mlic.models.backbones import find, known_models
 
 WEIGHTS = "model.safetensors"
 META = "config.json"

@@ -1,4 +1,4 @@
-"""Models by name: a backbone from its library's adapter (mlic.backbones: the report's small CNN, torchvision
+"""Models by name: a backbone from its library's adapter (mlic.models.backbones: the report's small CNN, torchvision
 ResNet/DenseNet, Hugging Face ViT, any `timm/<architecture>` or `hf/<name>`) with a head chosen by
 `model.head`: the report's (Figure 6: Linear -> BatchNorm1d -> ReLU -> Dropout -> Linear), a linear
 layer, or ML-Decoder (cross-attention from label queries to the spatial features)."""
@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlic.backbones import Preprocess, adapter_for, layer_ids
 from mlic.errors import ConfigError
 from mlic.logs import log
+from mlic.models.backbones import Preprocess, adapter_for, layer_ids
 
 
 class Head(nn.Sequential):
@@ -31,7 +31,7 @@ def make_head(cfg, in_features: int, num_labels: int) -> nn.Module:
         return Head(in_features, num_labels, cfg.head_batchnorm, cfg.dropout)
     if cfg.head == "linear":
         return nn.Linear(in_features, num_labels)
-    from mlic.heads import MLDecoder
+    from mlic.models.heads import MLDecoder
 
     return MLDecoder(in_features, num_labels, num_groups=cfg.mldecoder_groups,
                      embed_dim=min(cfg.mldecoder_dim, in_features) // 8 * 8)
@@ -59,7 +59,7 @@ def probe(model: nn.Module, size: int) -> str | None:
 def build_model(cfg, num_labels: int, exported: dict | None = None,
                 image_size: int | None = None) -> tuple[nn.Module, Preprocess]:
     """The model named by `cfg.name` (a ModelConfig) and how its inputs are preprocessed: the backbone its
-    library's adapter builds (`mlic.backbones`), with the head `cfg.head`. `exported` (an exported model's
+    library's adapter builds (`mlic.models.backbones`), with the head `cfg.head`. `exported` (an exported model's
     architecture record) rebuilds it without weights files or hub access. `image_size` (data.image_size) builds
     a backbone made for one input size (a timm ViT) at that size."""
     adapter, source = adapter_for(cfg.name)

@@ -1,4 +1,4 @@
-"""What a backbone library gives mlic (`Adapter`, the contract every `mlic/backbones/<library>.py` fulfils),
+"""What a backbone library gives mlic (`Adapter`, the contract every `mlic/models/backbones/<library>.py` fulfils),
 what a build returns (`Backbone`, `Preprocess`), and the classifier that puts mlic's head on any of them."""
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlic.backbones.adapter import Adapter, Backbone, BackboneClassifier, Preprocess
 from mlic.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mlic.models.backbones.adapter import Adapter, Backbone, BackboneClassifier, Preprocess
 
 WIDTHS = (32, 64, 128, 256)
 

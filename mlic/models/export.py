@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from mlic import faults
 from mlic.disk import fsync_path, tensor_bytes, writing
 from mlic.errors import MlicError
-from mlic.model_folder import INFERENCE, META, REBUILD, WEIGHTS, read_meta, rebuild
+from mlic.models.model_folder import INFERENCE, META, REBUILD, WEIGHTS, read_meta, rebuild
 
 __all__ = ["INFERENCE", "META", "WEIGHTS", "export_model", "load_exported", "recover_export"]
 
@@ -60,7 +60,7 @@ def recover_export(out: Path) -> None:
 
 def load_exported(model_dir: str | Path, required: tuple[str, ...] = REBUILD) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model in eval mode and its metadata (label_names, thresholds, preprocess, architecture), after
-    `mlic.model_folder` checked config.json (the fields in `required` must be there: `INFERENCE` for the
+    `mlic.models.model_folder` checked config.json (the fields in `required` must be there: `INFERENCE` for the
     commands that predict), the weights against the architecture, and that nothing needs the network."""
     model_dir = Path(model_dir)
     meta = read_meta(model_dir, required)

@@ -34,7 +34,7 @@ from mlic.config import config_from_dict
 from mlic.data.transforms import DeviceTransform
 from mlic.disk import tensor_bytes, writing
 from mlic.errors import MlicError
-from mlic.export import INFERENCE, load_exported
+from mlic.models.export import INFERENCE, load_exported
 
 INPUT, OUTPUT = "images", "probabilities"
 TOLERANCE = 1e-4  # max |onnxruntime - torch| the check accepts, on probabilities

@@ -1,0 +1,1 @@
+"""Using an exported model: `load_model` and its predictor, `mlic predict` / `mlic evaluate`, ONNX export."""
