@@ -84,7 +84,7 @@ def serve(args, resumed: Path, problems: list[str]) -> None:
     from mlic.data.demo import demo_root
 
     env = {**os.environ, "PYTHONPATH": python_path()}
-    mlic = [sys.executable, "-c", "import sys; from mlic.cli import main; sys.exit(main())"]
+    mlic = [sys.executable, "-c", "from mlic.cli import entry; entry()"]
     done = subprocess.run([*mlic, "evaluate", str(resumed / "model"), "--json", str(args.out / "evaluate.json")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
     check(done.returncode == 0, f"mlic evaluate exits 0 {done.stderr[-500:] if done.returncode else ''}", problems)

@@ -24,7 +24,8 @@ def default_config(model: str) -> Path:
 
 def by_library(model: str) -> bool:
     """A name under a backbone library's prefix (timm/..., hf/...), not one of the report's fixed names. The
-    registry is imported on use: its adapters load torchvision, which most commands need not."""
+    registry is imported on use: its adapters load torchvision and the model stack, which most commands need not
+    (the config's format registry brings torch itself already)."""
     from mlic.models.backbones import by_prefix
 
     return by_prefix(model)
@@ -33,7 +34,17 @@ def by_library(model: str) -> bool:
 def train_main(model: str, argv: list[str] | None = None) -> int:
     """`train/<model>.py [--config FILE] [key=value ...]`: configs/<model>.yaml unless --config is given.
     A timm/ or hf/ name is the model to train, whatever the config file names."""
-    return leave_launched_process(_train_run(model, argv))
+    return _train_run(model, argv)
+
+
+def train_entry(model: str, argv: list[str] | None = None) -> None:
+    """train/<model>.py's whole process: `train_main`, then the exit a launched process needs (`mlic.ranks`)."""
+    sys.exit(leave_launched_process(train_main(model, argv)))
+
+
+def entry() -> None:
+    """The `mlic` command's whole process: `main`, then the exit a launched process needs (`mlic.ranks`)."""
+    sys.exit(leave_launched_process(main()))
 
 
 def _train_run(model: str, argv: list[str] | None) -> int:
@@ -121,10 +132,11 @@ def _check_data(args) -> int:
     labels = set(args.labels.split(",")) if args.labels else None
     fmt = FORMATS[args.format]
     given = {o.key: getattr(args, o.key) for o in all_options() if getattr(args, o.key) is not None}
-    foreign = [o.flag for o in all_options() if o.key in given and fmt.option(o.key) is None]
-    if foreign:
-        print(f"error: {', '.join(foreign)}: not an option of --format {fmt.name}", file=sys.stderr)
-        return 2
+    foreign = [o for o in all_options() if o.key in given and fmt.option(o.key) is None]
+    if foreign:  # SPEC's --image-column and --label-column may come with any format, as before: said, not used
+        print(f"warning: {', '.join(o.flag for o in foreign)}: not an option of --format {fmt.name}, ignored",
+              file=sys.stderr)
+        given = {key: value for key, value in given.items() if fmt.option(key) is not None}
     problems, warnings, notes = check_data(args.root, fmt.name, labels, args.workers, args.split, args.max_pixels,
                                            **given)
     for line in problems:
@@ -188,11 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     _model_commands(sub)
     args = parser.parse_args(argv)
     try:
-        code = args.func(args)
+        return args.func(args)
     except MlicError as exc:
         _print_error(exc)
-        code = 1
-    return leave_launched_process(code)
+        return 1
 
 
 def _data_commands(sub) -> None:
@@ -298,4 +309,4 @@ def _model_commands(sub) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

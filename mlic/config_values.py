@@ -98,8 +98,8 @@ def apply_values(obj: Any, updates: dict[str, Any], prefix: str, source: str) ->
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{key}' (in {source}) is a section: give a mapping, not {value!r}")
             apply_values(current, value, f"{key}.", source)
-        elif isinstance(current, dict) and isinstance(value, dict):  # a mapping key: later sources add to it
-            setattr(obj, name, {**current, **_coerce(value, hints[name], key)})
+        elif isinstance(current, dict) and isinstance(value, dict) and value:  # later sources add to a mapping;
+            setattr(obj, name, {**current, **_coerce(value, hints[name], key)})  # an empty one ({}) resets it
         else:
             setattr(obj, name, _coerce(value, hints[name], key))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,10 +38,10 @@ class RankAdapter(MultiProcessAdapter):
         return msg, kwargs
 
     def log(self, level, msg, *args, **kwargs):
-        if PartialState._shared_state == {}:  # no launch state yet (a command's first lines): this process says it
-            kwargs.pop("main_process_only", None)
+        if PartialState._shared_state == {}:  # no launch state yet (a command's first lines): the launcher's RANK
+            main_only = kwargs.pop("main_process_only", True)
             kwargs.pop("in_order", None)
-            if self.isEnabledFor(level):
+            if self.isEnabledFor(level) and not (main_only and os.environ.get("RANK", "0") != "0"):
                 self.logger.log(level, msg, *args, **kwargs)
             return
         super().log(level, msg, *args, **kwargs)
@@ -135,7 +136,10 @@ class RunLogFile:
             LOGGER.addHandler(self.handler)
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if self.handler is not None:
+            if exc is not None and not isinstance(exc, KeyboardInterrupt):  # why the run ended, in its log too
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                self.handler.handle(LOGGER.makeRecord(LOGGER.name, logging.ERROR, __file__, 0, f"error: {text}", (), None))
             LOGGER.removeHandler(self.handler)
             self.handler.close()

@@ -3,6 +3,7 @@ rank that stops alone leaves the others waiting in their next collective until t
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -53,14 +54,15 @@ def on_main(accelerator, write: Callable[[], None]) -> None:
 
 
 def leave_launched_process(code: int) -> int:
-    """The end of a command in a process of a multi-process launch (WORLD_SIZE > 1), once everything it writes is
-    closed (trackers and process group included): `os._exit(code)`, past the interpreter's teardown. DDP keeps
-    gloo's process group alive after `destroy_process_group` (its 3 threads still run at exit, even with the
-    model deleted: measured with torch 2.14), and tearing that down with the interpreter aborted a rank about
-    once in 50 runs (`terminate called without an active exception`, exit -6) after a run that had finished and
-    written everything. One process (no launcher, the tests' in-process calls): returns `code`."""
+    """The end of a process of a multi-process launch (WORLD_SIZE > 1), called by the entry points only (the
+    `mlic` command, train/*.py): the exit hooks run as at any exit (MLflow and W&B end their runs, logging
+    flushes), then `os._exit(code)` skips the interpreter's teardown. DDP keeps gloo's process group alive after
+    `destroy_process_group` (its threads still run at exit, even with the model deleted), and tearing that down
+    with the interpreter aborted ranks at exit (`terminate called without an active exception`, after a run that
+    had written everything; docs/PERFORMANCE.md). One process: returns `code`."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return code
+    atexit._run_exitfuncs()  # what the interpreter would run first at exit, while it is whole
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -118,10 +118,15 @@ def test_the_toy_formats_option_is_a_config_key_and_a_check_data_flag(tmp_path, 
     assert load_dataset(cfg.data)[0].label_names == ["sand", "sea", "sun"]
     assert check_command("jsonl", root, tags_key="labels") == f"mlic check-data --format jsonl --tags-key labels {root}"
     assert main(["check-data", "--format", "jsonl", "--tags-key", "labels", str(root)]) == 0
-    assert main(["check-data", "--format", "csv", "--tags-key", "labels", str(root)]) == 2
-    assert "--tags-key: not an option of --format csv" in capsys.readouterr().err
+    csv_root = tmp_path / "csv"
+    FORMATS["csv"].example(csv_root)
+    assert main(["check-data", "--format", "csv", "--tags-key", "labels", str(csv_root)]) == 0  # said, not used
+    assert "warning: --tags-key: not an option of --format csv, ignored" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"'data.options.tags_key': not an option of data.format=helsinki"):
         load_config(None, ["data.options.tags_key=labels"])
+    cfg = load_config(None, ["data.format=jsonl", "data.options.tags_key=labels", "data.format=helsinki",
+                             "data.options={}"])  # an empty mapping clears what an earlier source set
+    assert cfg.data.options == {}
     with pytest.raises(ConfigError, match=r"'data.format': 'nope' is not one of helsinki, csv, hf, coco, voc, openimages, jsonl"):
         load_config(None, ["data.format=nope"])
 
@@ -136,3 +141,20 @@ def test_a_fit_runs_on_every_format(example, tmp_path):
     assert 4 <= last["val"]["images"] <= 8 and np.isfinite(last["train"]["loss"])  # a quarter of 24, stratified
     exported = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert set(exported["label_names"]) >= set().union(*expected.values())
+
+
+def test_register_refuses_an_option_that_would_shadow_a_flag_or_disagree_with_another_format():
+    shadow = Format("shadow", parse_jsonl, "-", jsonl_example, options=(Option("workers", "4", "-"),))
+    with pytest.raises(ValueError, match="check-data's own flags"):
+        register(shadow)
+    other = Format("other", parse_jsonl, "-", jsonl_example, options=(Option("tags_key", "tags", "-", ("tags",)),))
+    with pytest.raises(ValueError, match="declared otherwise by another format"):
+        register(other)
+    assert "shadow" not in FORMATS and "other" not in FORMATS
+
+
+def test_the_hint_names_the_split_hf_reads():
+    """data.split wins over data.hf_split: the check-data command a problem names checks that same split."""
+    assert check_command("hf", "/d", "train", hf_split="validation") == "mlic check-data --format hf /d"
+    assert check_command("hf", "/d", None, hf_split="validation") == "mlic check-data --format hf --hf-split validation /d"
+    assert check_command("hf", "/d", "test", hf_split="validation") == "mlic check-data --format hf --split test /d"

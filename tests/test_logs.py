@@ -48,3 +48,13 @@ def test_a_log_file_that_cannot_be_written_is_one_warning_and_the_run_goes_on(tm
     assert "epoch 1/1" in out and "Traceback" not in err
     assert err.count("train.log: cannot be written") == 1
     assert not [h for h in logging.getLogger("mlic").handlers if type(h).__name__ == "_RunFile"]  # removed
+
+
+def test_a_failed_run_says_why_in_its_log_and_gives_the_console_its_level_back(tmp_path, capsys):
+    assert _train(tmp_path / "run", "run.log_level=error", "model.num_labels=5") == 1  # the data has 14
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and "model.num_labels" in err  # the console: the CLI's one line
+    lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert " ERROR error: " in lines[-1] and "model.num_labels" in lines[-1]
+    log.info("after the failed run")
+    assert capsys.readouterr().out == "after the failed run\n"  # info again: the level came back

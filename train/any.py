@@ -6,9 +6,9 @@ any backbone by library: timm/<architecture> or hf/<hub name or folder> (default
 
 import sys
 
-from mlic.cli import train_main
+from mlic.cli import train_entry
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
         sys.exit(__doc__)
-    sys.exit(train_main(sys.argv[1], sys.argv[2:]))
+    train_entry(sys.argv[1], sys.argv[2:])

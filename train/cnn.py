@@ -4,9 +4,7 @@ Without --config it uses configs/cnn.yaml. Processes, mixed precision and DeepSp
 `accelerate launch` (see launch/); what to train comes from the config.
 """
 
-import sys
-
-from mlic.cli import train_main
+from mlic.cli import train_entry
 
 if __name__ == "__main__":
-    sys.exit(train_main("cnn"))
+    train_entry("cnn")

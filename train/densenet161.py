@@ -4,9 +4,7 @@ Without --config it uses configs/densenet161.yaml. Processes, mixed precision an
 `accelerate launch` (see launch/); what to train comes from the config.
 """
 
-import sys
-
-from mlic.cli import train_main
+from mlic.cli import train_entry
 
 if __name__ == "__main__":
-    sys.exit(train_main("densenet161"))
+    train_entry("densenet161")

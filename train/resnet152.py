@@ -4,9 +4,7 @@ Without --config it uses configs/resnet152.yaml. Processes, mixed precision and 
 `accelerate launch` (see launch/); what to train comes from the config.
 """
 
-import sys
-
-from mlic.cli import train_main
+from mlic.cli import train_entry
 
 if __name__ == "__main__":
-    sys.exit(train_main("resnet152"))
+    train_entry("resnet152")

@@ -255,8 +255,8 @@ Parsed = tuple[MultilabelImages | None, list[Problem]]  # what a format's parser
 @dataclass(frozen=True)
 class Option:
     """A key a format reads besides the shared ones (root, split, known labels, decode settings): in the config
-    `data.<key>` where DataConfig has that field (the built-in formats' keys: `data.voc_difficult`), else
-    `data.options.<key>`; check-data's flag `--<key with dashes>`. Its value is text (a name, a path) or,
+    `data.<key>` for the built-in formats' keys that DataConfig holds flat (`data.voc_difficult`:
+    `mlic.data.formats.FLAT_KEYS`), else `data.options.<key>`; check-data's flag `--<key with dashes>`. Its value is text (a name, a path) or,
     with `choices`, one of them; None when it may be left unset."""
 
     key: str
@@ -296,6 +296,8 @@ class Format:
     example: Callable[[Path], dict[str, set[str]]]
     options: tuple[Option, ...] = ()
     default_split: str | None = None  # written in a check-data command only when another split is read
+    # The option that names the split when data.split does not (hf: data.hf_split): data.split, when set, wins.
+    split_option: str | None = None
 
     def option(self, key: str) -> Option | None:
         return next((o for o in self.options if o.key == key), None)

@@ -47,6 +47,8 @@ def check_command(fmt: str, root, split: str | None = None, **options) -> str:
         flags += f" --split {split}"
     for option in found.options:
         value = options.get(option.key, option.default)
+        if option.key == found.split_option and split is not None:
+            continue  # the split given wins over it
         if value is not None and value != option.default:
             flags += f" {option.flag} {value}"
     return f"mlic check-data{flags} {root}"

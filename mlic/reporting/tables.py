@@ -113,7 +113,7 @@ def commands(table: Table, scale: str, extra: list[str], runs: str | Path = "run
 
 def collect(table: Table, scale: str, runs: str | Path = "runs") -> str:
     """The markdown table; every number comes from a run folder (the exported, best epoch)."""
-    from mlic.models.export import META  # imports torch: only when a table is read
+    from mlic.models.export import META  # the model stack: only when a table is read
 
     header_cols = [(s, c) for s in table.splits for c in table.columns]
     split_name = {"train": "Training", "val": "Validation"}

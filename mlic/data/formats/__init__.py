@@ -18,12 +18,24 @@ from mlic.data.formats.hf import parse_hf  # noqa: F401
 from mlic.errors import ConfigError, some
 
 FORMATS: dict[str, Format] = {}  # by name, in registration order (check-data's --format choices)
+# The built-in formats' options that DataConfig holds as flat keys (data.voc_difficult ...); any other option is
+# data.options.<key>.
+FLAT_KEYS = ("image_column", "label_column", "hf_split", "voc_difficult", "class_list")
+# check-data's own flags (and data.root): an option of that name would shadow one
+RESERVED = ("root", "format", "labels", "split", "max_pixels", "strict", "workers")
 
 
 def register(fmt: Format) -> Format:
-    """Add a format under its name; another format of that name is refused (a format is named once)."""
+    """Add a format under its name. Refused: another format of that name, an option named like one of
+    check-data's own flags, or an option key another format declares otherwise (one flag serves both)."""
     if FORMATS.get(fmt.name, fmt) is not fmt:
         raise ValueError(f"a dataset format named {fmt.name!r} is registered already")
+    for option in fmt.options:
+        if option.key in RESERVED:
+            raise ValueError(f"format {fmt.name!r}: option {option.key!r} is one of check-data's own flags")
+        other = next((o for f in FORMATS.values() if f is not fmt for o in f.options if o.key == option.key), None)
+        if other is not None and (other.choices, other.default) != (option.choices, option.default):
+            raise ValueError(f"format {fmt.name!r}: option {option.key!r} is declared otherwise by another format")
     FORMATS[fmt.name] = fmt
     return fmt
 
@@ -52,7 +64,7 @@ def option_values(fmt: Format, cfg_data) -> dict[str, Any]:
     """The values of the format's options in a DataConfig: `data.<key>` where DataConfig has the field, else
     `data.options.<key>`, else the option's default."""
     extra = getattr(cfg_data, "options", None) or {}
-    return {o.key: getattr(cfg_data, o.key) if hasattr(cfg_data, o.key) else extra.get(o.key, o.default)
+    return {o.key: getattr(cfg_data, o.key) if o.key in FLAT_KEYS else extra.get(o.key, o.default)
             for o in fmt.options}
 
 
@@ -62,11 +74,11 @@ def option_problems(cfg_data) -> list[str]:
     if cfg_data.format not in FORMATS:
         return [f"config key 'data.format': {cfg_data.format!r} is not one of {', '.join(FORMATS)}"]
     fmt = FORMATS[cfg_data.format]
-    own = {o.key for o in fmt.options if not hasattr(cfg_data, o.key)}
+    own = {o.key for o in fmt.options if o.key not in FLAT_KEYS}
     problems = [f"config key 'data.options.{key}': not an option of data.format={fmt.name} (its own: "
                 f"{some(sorted(own)) if own else 'none'})" for key in cfg_data.options if key not in own]
     for key, value in option_values(fmt, cfg_data).items():
         if (problem := fmt.option(key).problem(value)) is not None:
-            where = f"data.{key}" if hasattr(cfg_data, key) else f"data.options.{key}"
+            where = f"data.{key}" if key in FLAT_KEYS else f"data.options.{key}"
             problems.append(f"config key '{where}': {value!r} {problem}")
     return problems

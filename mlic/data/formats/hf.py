@@ -133,4 +133,4 @@ FORMAT = Format(
     options=(Option("image_column", "image", "the image column"),
              Option("label_column", "labels", "the label column"),
              Option("hf_split", "train", "the split of a DatasetDict (data.split, when set, wins)")),
-    default_split="train")
+    default_split="train", split_option="hf_split")
