@@ -1,9 +1,10 @@
 """Model folders exported before the backbone adapters (tests/fixtures/exported_0088e5a, made by that commit's
 code: its README) load, predict and evaluate through today's code as they did then: the same logits, the same
-weight names and shapes, the same architecture records written."""
+weight names and shapes, the same architecture records written. Each folder is its config.json as exported then,
+with weights made from the recorded names and shapes (synthetic.py): the logits of then were computed by that
+commit's code on exactly these weights (outputs.py)."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -14,10 +15,11 @@ from mlic.config import ModelConfig
 from mlic.data.demo import write_demo_data
 from mlic.models import architecture, build_model
 from mlic.models.export import INFERENCE, load_exported
+from tests.fixtures.exported_0088e5a.synthetic import model_folder
 from tests.helpers import REPO
 
 FIXTURES = REPO / "tests" / "fixtures" / "exported_0088e5a"
-FOLDERS = ("cnn", "timm_test_vit", "hf_vit", "vit")  # trained 1 epoch on 32 demo images (make.py)
+FOLDERS = ("cnn", "timm_test_vit", "hf_vit", "vit")  # exported after 1 epoch on 32 demo images (make.py)
 HEAD_KEYS = ("head", "head_batchnorm", "dropout", "mldecoder_groups", "mldecoder_dim")
 
 
@@ -32,7 +34,7 @@ def written(model, arch: dict) -> dict:
 
 @pytest.mark.parametrize("name", FOLDERS)
 def test_a_folder_exported_before_gives_the_logits_it_gave_then_and_predicts(name, tmp_path):
-    folder = shutil.copytree(FIXTURES / name, tmp_path / name)  # a copy: nothing here may write the fixture
+    folder = model_folder(name, tmp_path / name)
     model, meta = load_exported(folder, INFERENCE)
     side = meta["preprocess"]["size"]
     x = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
@@ -61,5 +63,6 @@ def test_the_models_too_large_to_keep_rebuild_with_the_weight_names_of_then(name
 def test_mlic_evaluate_reads_a_folder_exported_before(tmp_path):
     data = write_demo_data(tmp_path / "demo", images=16, seed=0)
     out = tmp_path / "eval.json"
-    assert main(["evaluate", str(FIXTURES / "timm_test_vit"), str(data), "--split", "all", "--json", str(out)]) == 0
+    folder = model_folder("timm_test_vit", tmp_path / "timm_test_vit")
+    assert main(["evaluate", str(folder), str(data), "--split", "all", "--json", str(out)]) == 0
     assert 0 <= json.loads(out.read_text())["summary"]["mAP"] <= 1
