@@ -21,7 +21,6 @@ from accelerate.logging import MultiProcessAdapter
 from accelerate.state import PartialState
 
 LOGGER = logging.getLogger("mlic")
-LEVELS = ("debug", "info", "warning", "error")  # run.log_level
 LOG_FILE = "train.log"
 # `extra` that picks a record's console stream against its level's (INFO stdout, WARNING and above stderr):
 # progress notes go to stderr, and a few warnings users and scripts have always read on stdout stay there.

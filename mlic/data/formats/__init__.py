@@ -61,8 +61,8 @@ def all_options() -> list[Option]:
 
 
 def option_values(fmt: Format, cfg_data) -> dict[str, Any]:
-    """The values of the format's options in a DataConfig: `data.<key>` where DataConfig has the field, else
-    `data.options.<key>`, else the option's default."""
+    """The values of the format's options in a DataConfig: `data.<key>` for FLAT_KEYS, else `data.options.<key>`,
+    else the option's default."""
     extra = getattr(cfg_data, "options", None) or {}
     return {o.key: getattr(cfg_data, o.key) if o.key in FLAT_KEYS else extra.get(o.key, o.default)
             for o in fmt.options}
